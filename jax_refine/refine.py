@@ -1,0 +1,293 @@
+"""Plain prediction and multi-scale feature refinement as compiled JAX programs.
+
+Refinement follows Kulshreshtha, Pugh & Jiddi 2022 (arXiv 2206.13644) and LaMa's
+`refinement.py` (lama-spec.md §6): an image/mask pyramid; the coarsest scale is a plain
+forward pass; at each finer scale z = front(image, mask) is optimised with Adam so that
+rear(z), blurred and halved, matches the previous scale's result inside the (eroded) hole
+and the image outside it. n_iters forward passes and n_iters - 1 Adam steps per scale.
+
+Each scale is one `jax.jit` program (`_refine_program`) whose iterations run in
+`lax.fori_loop` carrying (z, optimizer state). Weights are arguments, not constants, and
+everything that depends on the image's valid (unpadded) size is passed as data, so a
+second image of the same padded size reuses the compiled program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import math
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from . import pyramid
+from .model import Lama
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RefineConfig:
+    """Refinement settings; the defaults are LaMa's (configs/prediction/default.yaml).
+
+    Attributes:
+      n_iters: forward passes per refined scale (n_iters - 1 Adam steps; the last forward
+        gives the result).
+      lr: Adam learning rate (betas 0.9/0.999, eps 1e-8, fresh state per scale).
+      min_side, max_scales: number of scales = min(1 + round(log2(min(h, w) / min_side)),
+        max_scales), at least 1. With one scale, refinement is a plain forward pass.
+      px_budget: largest h * w refined; bigger images are first resized (bilinear) to fit.
+      modulo: each scale is reflect-padded at the bottom/right to a multiple of this.
+      erosion: side of the elliptical structuring element that shrinks the hole for the
+        multi-scale loss term. Where the eroded hole is empty (holes narrower than about
+        2 * erosion px), that term is 0 and only the known-pixel term is optimised; the
+        original reports a NaN loss there but takes the same steps.
+      full_size_output: when the image exceeds px_budget, upscale the refined result into
+        the hole of the full-resolution image, so the output has the input's size (known
+        pixels unchanged). False returns the reduced-size result, as the original does.
+    """
+
+    n_iters: int = 15
+    lr: float = 0.002
+    min_side: int = 512
+    max_scales: int = 3
+    px_budget: int = 1_800_000
+    modulo: int = 8
+    erosion: int = 15
+    full_size_output: bool = True
+
+    def __post_init__(self):
+        problems = []
+        for name in ("n_iters", "min_side", "max_scales", "px_budget", "modulo", "erosion"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be a positive int, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be a positive number, got {self.lr!r}")
+        if isinstance(self.erosion, int) and self.erosion % 2 == 0:
+            problems.append(f"erosion must be odd, got {self.erosion}")
+        if isinstance(self.modulo, int) and self.modulo % 8:
+            problems.append(f"modulo must be a multiple of 8 (the generator's stride), got {self.modulo}")
+        if problems:
+            raise ValueError("invalid RefineConfig: " + "; ".join(problems))
+
+
+# --------------------------------------------------------------------------------------
+# Planning (host side)
+# --------------------------------------------------------------------------------------
+
+
+def budget_size(h: int, w: int, px_budget: int) -> tuple[int, int]:
+    """Size refinement works at: (h, w) scaled down (floor) to at most px_budget pixels."""
+    if h * w <= px_budget:
+        return h, w
+    ratio = math.sqrt(px_budget / (h * w))
+    return int(h * ratio), int(w * ratio)
+
+
+def scale_sizes(h: int, w: int, config: RefineConfig) -> list[tuple[int, int]]:
+    """Pyramid sizes from coarsest to finest for an image already within px_budget."""
+    n = min(1 + int(round(max(0.0, float(np.log2(min(h, w) / config.min_side))))), config.max_scales)
+    sizes = [(h, w)]
+    for _ in range(n - 1):
+        sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
+    return sizes[::-1]
+
+
+def padded(n: int, modulo: int) -> int:
+    """n rounded up to a multiple of modulo, and at least 2 * modulo (the model's minimum)."""
+    return max(-(-n // modulo) * modulo, 2 * modulo)
+
+
+def _pad(x: np.ndarray, hp: int, wp: int, mode: str) -> np.ndarray:
+    """Pad (B, H, W, C) at the bottom/right to (hp, wp)."""
+    return np.pad(x, ((0, 0), (0, hp - x.shape[1]), (0, wp - x.shape[2]), (0, 0)), mode=mode)
+
+
+# --------------------------------------------------------------------------------------
+# Compiled programs
+# --------------------------------------------------------------------------------------
+
+
+@partial(jax.jit, static_argnames=("graphdef",))
+def _predict_program(graphdef, state, image, mask):
+    """image (B, Hp, Wp, 3), mask (B, Hp, Wp, 1) binary -> (composite, raw prediction)."""
+    model = nnx.merge(graphdef, state)
+    pred = model(jnp.concatenate([image * (1 - mask), mask], axis=-1))
+    return mask * pred + (1 - mask) * image, pred
+
+
+def _valid_region(rows, cols):
+    """(B, H', W', 1) indicator of the output pixels a pair of resize matrices writes."""
+    return (jnp.sum(rows, -1) > 0)[:, :, None, None] & (jnp.sum(cols, -1) > 0)[:, None, :, None]
+
+
+@partial(jax.jit, static_argnames=("graphdef", "n_iters", "erosion", "remat", "report"))
+def _refine_program(graphdef, state, image, mask, ref, down_rows, down_cols, half_rows, half_cols, lr,
+                    *, n_iters, erosion, remat=False, report=False):
+    """One refined scale.
+
+    image (B, Hp, Wp, 3) reflect-padded; mask (B, Hp, Wp, 1) binary; ref (B, Hp/2, Wp/2, 3)
+    the previous scale's result, zero-padded; down_* (B, Hp/2, Hp) / (B, Wp/2, Wp) blur +
+    bilinear halving of the valid region; half_* the same without blur (for the mask).
+    Returns (composite (B, Hp, Wp, 3), losses (n_iters, B)).
+    """
+    model = nnx.merge(graphdef, state)
+    known = 1 - mask
+    valid_half = _valid_region(half_rows, half_cols).astype(jnp.float32)
+    hole_half = pyramid.round_down(pyramid.apply_separable(mask, half_rows, half_cols))
+    hole_half = pyramid.round_down(pyramid.erode(hole_half, valid_half, erosion))
+
+    def loss_fn(z):
+        pred = model.rear(z, remat=remat)
+        known_term = pyramid.masked_l1(pred, image, known)
+        scale_term = pyramid.masked_l1(pyramid.apply_separable(pred, down_rows, down_cols), ref, hole_half)
+        per_image = known_term + scale_term
+        # Summing per-image losses gives each image the gradient it would get alone.
+        return jnp.sum(per_image), (per_image, pred)
+
+    tx = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
+
+    def step(i, carry):
+        z, opt_state, losses = carry
+        (_, (per_image, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(z)
+        updates, opt_state = tx.update(grads, opt_state, z)
+        if report:
+            jax.debug.callback(_report_iteration, i, per_image)
+        return optax.apply_updates(z, updates), opt_state, losses.at[i].set(per_image)
+
+    z = model.front(jnp.concatenate([image * known, mask], axis=-1))
+    losses = jnp.zeros((n_iters, image.shape[0]), jnp.float32)
+    z, _, losses = jax.lax.fori_loop(0, n_iters - 1, step, (z, tx.init(z), losses))
+    _, (per_image, pred) = loss_fn(z)
+    if report:
+        jax.debug.callback(_report_iteration, n_iters - 1, per_image)
+    return mask * pred + known * image, losses.at[n_iters - 1].set(per_image)
+
+
+# Progress inside compiled loops: the program calls a fixed function, which forwards to the
+# hook installed by the driver for the duration of a call (a context variable, so the
+# compiled program never captures a particular hook).
+_iteration_hook: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("iteration_hook", default=None)
+
+
+def _report_iteration(i, per_image):
+    hook = _iteration_hook.get()
+    if hook is not None:
+        hook(int(i), np.asarray(per_image))
+
+
+@contextlib.contextmanager
+def _hooked(hook):
+    token = _iteration_hook.set(hook)
+    try:
+        yield
+    finally:
+        _iteration_hook.reset(token)
+
+
+# --------------------------------------------------------------------------------------
+# Drivers
+# --------------------------------------------------------------------------------------
+
+
+def _split(model: Lama):
+    return nnx.split(model)
+
+
+def predict(model: Lama, image: np.ndarray, mask: np.ndarray, *, pad_mode: str = "symmetric"):
+    """LaMa's plain prediction. image (B, H, W, 3) float32 [0, 1]; mask (B, H, W, 1) binary.
+
+    Pads bottom/right to the model's modulo (numpy `pad_mode`, 'symmetric' as LaMa's dataset),
+    runs the generator, composites and crops. Returns (inpainted, raw prediction), both
+    (B, H, W, 3) float32 numpy arrays.
+    """
+    h, w = image.shape[1:3]
+    hp, wp = padded(h, model.config.modulo), padded(w, model.config.modulo)
+    graphdef, state = _split(model)
+    out, pred = _predict_program(graphdef, state, _pad(image, hp, wp, pad_mode), _pad(mask, hp, wp, pad_mode))
+    return np.asarray(out)[:, :h, :w], np.asarray(pred)[:, :h, :w]
+
+
+@dataclasses.dataclass
+class ScaleInfo:
+    """What one scale of a refinement did."""
+
+    size: tuple[int, int]         # (h, w) of this scale
+    padded_size: tuple[int, int]  # (Hp, Wp) the network ran at
+    refined: bool                 # False for the coarsest scale (a plain forward pass)
+    losses: np.ndarray            # (n_iters, B) loss per iteration and image; empty if not refined
+    seconds: float
+
+
+def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfig = RefineConfig(), *,
+           remat: bool = False, on_scale: Callable | None = None, on_iteration: Callable | None = None):
+    """Multi-scale refinement of a batch of same-size images.
+
+    image (B, H, W, 3) float32 [0, 1]; mask (B, H, W, 1) binary {0, 1}, 1 = hole.
+    Returns (result (B, h, w, 3) float32, [ScaleInfo per scale, coarsest first]) where (h, w)
+    is the px_budget size (the caller decides how to bring it back to (H, W)).
+
+    on_scale(index, n_scales, ScaleInfo-without-results) is called before each scale;
+    on_iteration(i, losses_per_image) after each iteration of a refined scale.
+    """
+    import time
+
+    if model.config.modulo > config.modulo or config.modulo % model.config.modulo:
+        raise ValueError(f"RefineConfig.modulo={config.modulo} must be a multiple of the model's {model.config.modulo}")
+    h, w = budget_size(image.shape[1], image.shape[2], config.px_budget)
+    if (h, w) != image.shape[1:3]:
+        rows, cols = pyramid.resize_matrix(image.shape[1], h), pyramid.resize_matrix(image.shape[2], w)
+        image = np.asarray(pyramid.apply_separable(jnp.asarray(image), rows.astype(np.float32), cols.astype(np.float32)))
+        mask = np.asarray(pyramid.round_up(pyramid.apply_separable(jnp.asarray(mask), rows.astype(np.float32),
+                                                                   cols.astype(np.float32))))
+    levels = [(image, mask)]
+    for size in scale_sizes(h, w, config)[::-1][1:]:
+        prev_image, prev_mask = levels[-1]
+        rows = pyramid.pyr_down_matrix(prev_image.shape[1]).astype(np.float32)
+        cols = pyramid.pyr_down_matrix(prev_image.shape[2]).astype(np.float32)
+        assert (rows.shape[0], cols.shape[0]) == size
+        levels.append((np.asarray(pyramid.apply_separable(jnp.asarray(prev_image), rows, cols)),
+                       np.asarray(pyramid.round_up(pyramid.apply_separable(jnp.asarray(prev_mask), rows, cols)))))
+    levels = levels[::-1]
+
+    graphdef, state = _split(model)
+    infos, result = [], None
+    for index, (level_image, level_mask) in enumerate(levels):
+        lh, lw = level_image.shape[1:3]
+        hp, wp = padded(lh, config.modulo), padded(lw, config.modulo)
+        image_p = _pad(level_image, hp, wp, "reflect")
+        mask_p = pyramid.round_up(_pad(level_mask, hp, wp, "reflect"))
+        info = ScaleInfo((lh, lw), (hp, wp), index > 0, np.zeros((0, image.shape[0]), np.float32), 0.0)
+        if on_scale is not None:
+            on_scale(index, len(levels), info)
+        start = time.perf_counter()
+        if index == 0:
+            out, _ = _predict_program(graphdef, state, image_p, mask_p)
+        else:
+            batch = image.shape[0]
+            down_rows = _batched(pyramid.embed(pyramid.pyr_down_matrix(lh), hp // 2, hp), batch)
+            down_cols = _batched(pyramid.embed(pyramid.pyr_down_matrix(lw), wp // 2, wp), batch)
+            half_rows = _batched(pyramid.embed(pyramid.resize_matrix(lh, lh // 2), hp // 2, hp), batch)
+            half_cols = _batched(pyramid.embed(pyramid.resize_matrix(lw, lw // 2), wp // 2, wp), batch)
+            ref = _pad(result, hp // 2, wp // 2, "constant")
+            with _hooked(on_iteration):
+                out, losses = _refine_program(
+                    graphdef, state, image_p, mask_p, ref, down_rows, down_cols, half_rows, half_cols,
+                    jnp.float32(config.lr), n_iters=config.n_iters, erosion=config.erosion, remat=remat,
+                    report=on_iteration is not None)
+                out = jax.block_until_ready(out)
+            info.losses = np.asarray(losses)
+        result = np.asarray(out)[:, :lh, :lw]
+        info.seconds = time.perf_counter() - start
+        infos.append(info)
+    return result, infos
+
+
+def _batched(matrix: np.ndarray, batch: int) -> np.ndarray:
+    return np.broadcast_to(matrix.astype(np.float32), (batch,) + matrix.shape)
