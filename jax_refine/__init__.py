@@ -1,3 +1,34 @@
-"""jax-refine: Big-LaMa inpainting in JAX with multi-scale feature refinement."""
+"""jax-refine: Big-LaMa inpainting in JAX with multi-scale feature refinement.
+
+    import jax_refine
+    result = jax_refine.inpaint(image, mask)             # bundled default model
+    model = jax_refine.load("big-lama")                  # after `jax-refine convert best.ckpt big-lama`
+    result = jax_refine.inpaint(image, mask, model, config=jax_refine.RefineConfig(n_iters=10))
+"""
 
 __version__ = "0.1.0"
+
+from . import _platform
+
+_platform.configure_xla()
+
+from .api import InpaintInfo as InpaintInfo
+from .api import Progress as Progress
+from .api import default_model as default_model
+from .api import inpaint as inpaint
+from .convert import convert as convert
+from .convert import load as load
+from .convert import save as save
+from ._torch_pickle import CheckpointError as CheckpointError
+from ._torch_pickle import UnsafePickleError as UnsafePickleError
+from .model import BIG_LAMA as BIG_LAMA
+from .model import TINY_LAMA as TINY_LAMA
+from .model import Lama as Lama
+from .model import LamaConfig as LamaConfig
+from .refine import RefineConfig as RefineConfig
+from .refine import ScaleInfo as ScaleInfo
+
+__all__ = [
+    "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "Lama", "LamaConfig", "Progress",
+    "RefineConfig", "ScaleInfo", "UnsafePickleError", "convert", "default_model", "inpaint", "load", "save",
+]

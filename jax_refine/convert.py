@@ -232,7 +232,7 @@ def _mismatch_message(source, config, missing, unexpected, misshaped, limit=20):
 
 def _flat_shapes(model) -> dict[tuple, tuple]:
     from flax import nnx
-    return {path: tuple(v.shape) for path, v in nnx.state(model).flat_state()}
+    return {path: tuple(v.shape) for path, v in nnx.to_flat_state(nnx.state(model))}
 
 
 # --------------------------------------------------------------------------------------
@@ -318,7 +318,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool =
 def save(model: Lama, dst: str | os.PathLike, *, source: Mapping | None = None, overwrite: bool = False) -> Path:
     """Write `model` (e.g. a trained one) as a jax-refine checkpoint directory."""
     from flax import nnx
-    flat = {path: np.asarray(v) for path, v in nnx.state(model).flat_state()}
+    flat = {path: np.asarray(v) for path, v in nnx.to_flat_state(nnx.state(model))}
     return save_flat(flat, model.config, dst, source=source or {}, overwrite=overwrite)
 
 
@@ -405,14 +405,14 @@ def model_from_flat(flat: Mapping[tuple, np.ndarray], config: LamaConfig, source
 
     graphdef, abstract_state = nnx.split(abstract_model(config))
     stored = {tuple(str(p) for p in path): np.asarray(v) for path, v in flat.items()}
-    expected = {tuple(str(p) for p in path): (path, v) for path, v in abstract_state.flat_state()}
+    expected = {tuple(str(p) for p in path): (path, v) for path, v in nnx.to_flat_state(abstract_state)}
     missing = sorted(".".join(k) for k in set(expected) - set(stored))
     unexpected = sorted(".".join(k) for k in set(stored) - set(expected))
     misshaped = [f"{'.'.join(k)}: {stored[k].shape} (expected {tuple(v.shape)})"
                  for k, (_, v) in sorted(expected.items()) if k in stored and stored[k].shape != tuple(v.shape)]
     if missing or unexpected or misshaped:
         raise CheckpointError(_mismatch_message(source, config, missing, unexpected, misshaped))
-    state = nnx.State.from_flat_path(
+    state = nnx.from_flat_state(
         {path: variable.replace(jnp.asarray(stored[key], jnp.float32)) for key, (path, variable) in expected.items()})
     return eval_mode(nnx.merge(graphdef, state))
 

@@ -77,6 +77,13 @@ def apply_separable(x: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array
     return jnp.einsum("bjw,biwc->bijc", cols, y, precision=hp)
 
 
+def resize(x: jax.Array, new_h: int, new_w: int) -> jax.Array:
+    """Bilinear resize (torch semantics, no antialias) of x (B, H, W, C) to (B, new_h, new_w, C)."""
+    rows = resize_matrix(x.shape[1], new_h).astype(np.float32)
+    cols = resize_matrix(x.shape[2], new_w).astype(np.float32)
+    return apply_separable(jnp.asarray(x), rows, cols)
+
+
 # --------------------------------------------------------------------------------------
 # Masks
 # --------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ second image of the same padded size reuses the compiled program.
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import itertools
 import dataclasses
 import math
 from collections.abc import Callable
@@ -129,7 +129,7 @@ def _valid_region(rows, cols):
 
 @partial(jax.jit, static_argnames=("graphdef", "n_iters", "erosion", "remat", "report"))
 def _refine_program(graphdef, state, image, mask, ref, down_rows, down_cols, half_rows, half_cols, lr,
-                    *, n_iters, erosion, remat=False, report=False):
+                    hook_token, *, n_iters, erosion, remat=False, report=False):
     """One refined scale.
 
     image (B, Hp, Wp, 3) reflect-padded; mask (B, Hp, Wp, 1) binary; ref (B, Hp/2, Wp/2, 3)
@@ -158,7 +158,7 @@ def _refine_program(graphdef, state, image, mask, ref, down_rows, down_cols, hal
         (_, (per_image, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(z)
         updates, opt_state = tx.update(grads, opt_state, z)
         if report:
-            jax.debug.callback(_report_iteration, i, per_image)
+            jax.debug.callback(_report_iteration, hook_token, i, per_image)
         return optax.apply_updates(z, updates), opt_state, losses.at[i].set(per_image)
 
     z = model.front(jnp.concatenate([image * known, mask], axis=-1))
@@ -166,29 +166,33 @@ def _refine_program(graphdef, state, image, mask, ref, down_rows, down_cols, hal
     z, _, losses = jax.lax.fori_loop(0, n_iters - 1, step, (z, tx.init(z), losses))
     _, (per_image, pred) = loss_fn(z)
     if report:
-        jax.debug.callback(_report_iteration, n_iters - 1, per_image)
+        jax.debug.callback(_report_iteration, hook_token, n_iters - 1, per_image)
     return mask * pred + known * image, losses.at[n_iters - 1].set(per_image)
 
 
-# Progress inside compiled loops: the program calls a fixed function, which forwards to the
-# hook installed by the driver for the duration of a call (a context variable, so the
-# compiled program never captures a particular hook).
-_iteration_hook: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("iteration_hook", default=None)
+# Progress inside compiled loops: the program calls one fixed function with a token (a traced
+# int, so no recompilation), and the function forwards to the hook registered under that token
+# for the duration of a call. XLA runs host callbacks on its own threads, so a context variable
+# would not be seen there.
+_hooks: dict[int, Callable] = {}
+_next_token = itertools.count(1)
 
 
-def _report_iteration(i, per_image):
-    hook = _iteration_hook.get()
+def _report_iteration(token, i, per_image):
+    hook = _hooks.get(int(token))
     if hook is not None:
         hook(int(i), np.asarray(per_image))
 
 
 @contextlib.contextmanager
-def _hooked(hook):
-    token = _iteration_hook.set(hook)
+def _registered(hook):
+    token = next(_next_token) if hook is not None else 0
+    if hook is not None:
+        _hooks[token] = hook
     try:
-        yield
+        yield np.int32(token)
     finally:
-        _iteration_hook.reset(token)
+        _hooks.pop(token, None)
 
 
 # --------------------------------------------------------------------------------------
@@ -242,10 +246,8 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
         raise ValueError(f"RefineConfig.modulo={config.modulo} must be a multiple of the model's {model.config.modulo}")
     h, w = budget_size(image.shape[1], image.shape[2], config.px_budget)
     if (h, w) != image.shape[1:3]:
-        rows, cols = pyramid.resize_matrix(image.shape[1], h), pyramid.resize_matrix(image.shape[2], w)
-        image = np.asarray(pyramid.apply_separable(jnp.asarray(image), rows.astype(np.float32), cols.astype(np.float32)))
-        mask = np.asarray(pyramid.round_up(pyramid.apply_separable(jnp.asarray(mask), rows.astype(np.float32),
-                                                                   cols.astype(np.float32))))
+        image = np.asarray(pyramid.resize(image, h, w))
+        mask = np.asarray(pyramid.round_up(pyramid.resize(mask, h, w)))
     levels = [(image, mask)]
     for size in scale_sizes(h, w, config)[::-1][1:]:
         prev_image, prev_mask = levels[-1]
@@ -276,10 +278,10 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
             half_rows = _batched(pyramid.embed(pyramid.resize_matrix(lh, lh // 2), hp // 2, hp), batch)
             half_cols = _batched(pyramid.embed(pyramid.resize_matrix(lw, lw // 2), wp // 2, wp), batch)
             ref = _pad(result, hp // 2, wp // 2, "constant")
-            with _hooked(on_iteration):
+            with _registered(on_iteration) as token:
                 out, losses = _refine_program(
                     graphdef, state, image_p, mask_p, ref, down_rows, down_cols, half_rows, half_cols,
-                    jnp.float32(config.lr), n_iters=config.n_iters, erosion=config.erosion, remat=remat,
+                    jnp.float32(config.lr), token, n_iters=config.n_iters, erosion=config.erosion, remat=remat,
                     report=on_iteration is not None)
                 out = jax.block_until_ready(out)
             info.losses = np.asarray(losses)

@@ -1,0 +1,282 @@
+"""The public entry point: `inpaint(image, mask)`, plus input/output conversion.
+
+Conventions (LaMa's): a mask pixel that is nonzero is a hole; the result keeps every known
+pixel of the input and fills the holes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import pyramid
+from . import refine as refine_lib
+from .convert import load
+from .model import Lama
+from .refine import RefineConfig, ScaleInfo
+
+BUNDLED_WEIGHTS = Path(__file__).parent / "weights" / "default"
+
+
+# --------------------------------------------------------------------------------------
+# Images and masks in, images out
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Image:
+    """An input image as float32 (H, W, 3) in [0, 1], and how to give a result back in the
+    caller's kind."""
+
+    rgb: np.ndarray
+    # (result float (h, w, 3), hole bool (h, w), base float (h, w, C) in [0, 1] or None for
+    # the input itself) -> the caller's kind, known pixels taken from base
+    restore: Callable[..., Any]
+    channels: np.ndarray  # float32 (H, W, C) in [0, 1], all input channels (alpha included)
+
+
+def _image_from_array(a: np.ndarray) -> _Image:
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"image must be H x W x 3 (or H x W, H x W x 1, H x W x 4), got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"image is empty (shape {a.shape})")
+    if a.dtype.kind == "u" and a.dtype.itemsize <= 2:
+        scale = float(np.iinfo(a.dtype).max)
+    elif a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)):
+            raise ValueError("image contains NaN or infinite values")
+        low, high = float(a.min()), float(a.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"a float image must have values in [0, 1], got [{low:.4g}, {high:.4g}] "
+                             "(pass uint8 images as uint8, or divide by 255)")
+        scale = None
+    else:
+        raise ValueError(f"unsupported image dtype {a.dtype}: use uint8, uint16 or float in [0, 1]")
+    out_dtype = np.float32 if scale is None else a.dtype
+    channels = a.reshape(a.shape[0], a.shape[1], -1)  # (H, W, 1 | 3 | 4)
+    gray = channels.shape[2] == 1
+    as_float = channels.astype(np.float32) / (scale or 1.0)
+    rgb = np.repeat(as_float, 3, axis=2) if gray else as_float[:, :, :3]
+
+    def to_out_dtype(x):
+        return x.astype(np.float32) if scale is None else np.clip(np.rint(x * scale), 0, scale).astype(out_dtype)
+
+    def restore(result, hole, base=None):
+        out = channels.astype(out_dtype, copy=True) if base is None else to_out_dtype(base)
+        filled = to_out_dtype(_luma(result)[..., None] if gray else result)
+        out[:, :, : filled.shape[2]] = np.where(hole[..., None], filled, out[:, :, : filled.shape[2]])
+        return out.reshape(out.shape[:2] + a.shape[2:])
+
+    return _Image(rgb, restore, as_float)
+
+
+def _luma(rgb):
+    """ITU-R 601 luma, as PIL's RGB -> L conversion."""
+    return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _image_from_pil(img) -> _Image:
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)  # the user sees (and draws masks on) the upright image
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(img.convert("I"), np.int64)
+        array = np.clip(array, 0, 65535).astype(np.uint16)
+        inner = _image_from_array(array)
+        return _Image(inner.rgb, lambda *args: Image.fromarray(inner.restore(*args)).convert(mode)
+                      if mode != "I;16" else Image.fromarray(inner.restore(*args), "I;16"), inner.channels)
+    if mode in ("L", "1"):
+        target = "L"
+    elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        target = "RGBA"
+    else:
+        target = "RGB"
+    inner = _image_from_array(np.asarray(img.convert(target)))
+    out_mode = mode if mode in ("L", "RGB", "RGBA") else target
+    return _Image(inner.rgb, lambda *args: Image.fromarray(inner.restore(*args), target).convert(out_mode),
+                  inner.channels)
+
+
+def _hole(mask, shape) -> np.ndarray:
+    """Boolean (H, W) hole map: nonzero mask pixels (any channel) are holes."""
+    try:
+        from PIL import Image, ImageOps
+        if isinstance(mask, Image.Image):
+            mask = np.asarray(ImageOps.exif_transpose(mask).convert("L"))
+    except ImportError:
+        pass
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] in (1, 3, 4):
+        mask = mask[:, :, :3].max(axis=2) if mask.shape[2] != 4 else mask[:, :, :3].max(axis=2)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be H x W (or H x W x 1/3), got shape {mask.shape}")
+    if mask.dtype.kind not in "biuf":
+        raise ValueError(f"unsupported mask dtype {mask.dtype}")
+    if mask.dtype.kind == "f" and not np.all(np.isfinite(mask)):
+        raise ValueError("mask contains NaN or infinite values")
+    if mask.shape != tuple(shape):
+        raise ValueError(f"mask size {mask.shape[1]}x{mask.shape[0]} (WxH) does not match the image size "
+                         f"{shape[1]}x{shape[0]}")
+    return mask > 0
+
+
+# --------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------
+
+
+def default_model() -> Lama:
+    """The model bundled with the package (see weights/README.md)."""
+    if not (BUNDLED_WEIGHTS / "jax_refine.json").is_file():
+        raise FileNotFoundError(
+            f"no bundled default model in this installation ({BUNDLED_WEIGHTS}); pass model= a converted "
+            "checkpoint (`jax-refine convert best.ckpt big-lama`)")
+    return _load_cached(str(BUNDLED_WEIGHTS), os.path.getmtime(BUNDLED_WEIGHTS / "jax_refine.json"))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, mtime: float) -> Lama:
+    del mtime  # part of the cache key only: a rewritten checkpoint is loaded again
+    return load(path)
+
+
+def resolve_model(model: Lama | str | os.PathLike | None) -> Lama:
+    """A Lama, a path to a converted checkpoint directory, or None for the bundled default."""
+    if model is None:
+        return default_model()
+    if isinstance(model, Lama):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model).absolute()
+        meta = path / "jax_refine.json"
+        return _load_cached(str(path), os.path.getmtime(meta) if meta.is_file() else 0.0)
+    raise TypeError(f"model must be a Lama, a checkpoint path or None, got {type(model).__name__}")
+
+
+# --------------------------------------------------------------------------------------
+# inpaint
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Progress:
+    """A progress event: scale `scale` of `n_scales` (0 = coarsest); `iteration` of `n_iters`
+    (None at the start of a scale) with the loss after it."""
+
+    scale: int
+    n_scales: int
+    iteration: int | None
+    n_iters: int
+    loss: float | None
+    size: tuple[int, int]
+
+
+@dataclasses.dataclass
+class InpaintInfo:
+    """What `inpaint(..., return_info=True)` did: per-scale sizes, losses and times."""
+
+    refined: bool
+    scales: list[ScaleInfo]
+    work_size: tuple[int, int]  # (h, w) the network ran at (px_budget size when refining)
+
+
+def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
+            config: RefineConfig = RefineConfig(), progress: bool | Callable[[Progress], None] | None = None,
+            return_info: bool = False):
+    """Inpaint the holes of `image` given by `mask` with LaMa, optionally with multi-scale refinement.
+
+    Args:
+      image: PIL.Image (RGB, RGBA, L, P, 16-bit; EXIF orientation applied), or a numpy array
+        H x W x 3 uint8 / uint16 / float in [0, 1] (H x W x 4 keeps alpha; H x W gray).
+      mask: PIL.Image or array H x W (H x W x 1 / x 3 accepted); nonzero = hole.
+      model: a loaded `Lama`, a path to a converted checkpoint directory, or None for the
+        bundled default model.
+      refine: multi-scale feature refinement (Kulshreshtha et al. 2022); False runs LaMa's
+        plain single-pass prediction.
+      config: refinement settings (ignored when refine=False).
+      progress: True for a progress bar, or a callable receiving `Progress` events.
+      return_info: also return an `InpaintInfo`.
+
+    Returns:
+      The inpainted image, of the same kind as `image` (float in -> float32 out, uint8 in ->
+      uint8 out, PIL in -> PIL out) and the same size (unless config.full_size_output is
+      False and the image exceeds config.px_budget). Known pixels equal the input's.
+    """
+    source = _image_from_pil(image) if _is_pil(image) else _image_from_array(np.asarray(image))
+    h, w = source.rgb.shape[:2]
+    hole = _hole(mask, (h, w))
+    if not hole.any():
+        result = source.restore(source.rgb, hole)
+        return (result, InpaintInfo(refine, [], (h, w))) if return_info else result
+    model = resolve_model(model)
+    rgb = source.rgb[None]
+    hole_f = hole[None, :, :, None].astype(np.float32)
+    if not refine:
+        out, _ = refine_lib.predict(model, rgb, hole_f)
+        info = InpaintInfo(False, [], (h, w))
+    else:
+        on_scale, on_iteration, close = _progress_hooks(progress, config)
+        try:
+            out, scales = refine_lib.refine(model, rgb, hole_f, config, on_scale=on_scale, on_iteration=on_iteration)
+        finally:
+            close()
+        info = InpaintInfo(True, scales, out.shape[1:3])
+        if out.shape[1:3] != (h, w):
+            oh, ow = out.shape[1:3]
+            if config.full_size_output:  # upscale the fill into the full-resolution image
+                out = np.asarray(pyramid.resize(out, h, w))
+            else:  # the original's behaviour: the result stays at the reduced size
+                base = np.asarray(pyramid.resize(source.channels[None], oh, ow))[0]
+                result = source.restore(np.clip(out[0], 0.0, 1.0), np.ones((oh, ow), bool), base)
+                return (result, info) if return_info else result
+    result = source.restore(np.clip(out[0], 0.0, 1.0), hole)
+    return (result, info) if return_info else result
+
+
+def _is_pil(x) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:
+        return False
+    return isinstance(x, Image.Image)
+
+
+def _progress_hooks(progress, config):
+    """(on_scale, on_iteration, close) for refine_lib.refine from the `progress` argument."""
+    if not progress:
+        return None, None, lambda: None
+    state = {}
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=0, unit="it", leave=False)
+
+        def callback(event: Progress):
+            if event.iteration is None:
+                bar.reset(total=config.n_iters if event.scale > 0 else 1)
+                bar.set_description(f"scale {event.scale + 1}/{event.n_scales} {event.size[1]}x{event.size[0]}")
+                if event.scale == 0:
+                    bar.update(1)
+            else:
+                bar.update(1)
+                bar.set_postfix(loss=f"{event.loss:.4f}")
+
+        close = bar.close
+    else:
+        callback, close = progress, (lambda: None)
+
+    def on_scale(index, n_scales, info):
+        state.update(scale=index, n_scales=n_scales, size=info.size)
+        callback(Progress(index, n_scales, None, config.n_iters, None, info.size))
+
+    def on_iteration(i, losses):
+        callback(Progress(state["scale"], state["n_scales"], i + 1, config.n_iters, float(losses.mean()), state["size"]))
+
+    return on_scale, on_iteration, close

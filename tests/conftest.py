@@ -1,0 +1,45 @@
+"""Shared fixtures: the golden fixtures of the original PyTorch LaMa and the converted tiny model."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+GOLDEN = Path(os.environ.get("JAX_REFINE_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden"))
+GOLDEN_IMAGES = ["astronaut_251x317", "coffee_300x400", "chelsea_240x296"]
+GOLDEN_REFINE = ["refine2_coffee", "refine3_coffee", "refine_budget_coffee", "refine2_coffee_5iters", "refine2_chelsea"]
+
+
+def pytest_configure(config):
+    if not GOLDEN.is_dir():
+        raise pytest.UsageError(f"golden fixtures not found at {GOLDEN} (set JAX_REFINE_GOLDEN)")
+
+
+def load_golden_image(name):
+    """(image float32 (H, W, 3) in [0, 1], mask float32 (H, W) as /255) as the original reads them."""
+    from PIL import Image
+
+    image = np.asarray(Image.open(GOLDEN / f"{name}.png").convert("RGB"), np.float32) / 255
+    mask = np.asarray(Image.open(GOLDEN / f"{name}_mask.png").convert("L"), np.float32) / 255
+    return image, mask
+
+
+def load_golden_case(case):
+    return json.loads((GOLDEN / f"{case}.json").read_text()), np.load(GOLDEN / f"{case}.npy")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """tinylama.ckpt converted to a jax-refine checkpoint directory."""
+    from jax_refine.convert import convert
+
+    return convert(GOLDEN / "tinylama.ckpt", tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint):
+    from jax_refine.convert import load
+
+    return load(tiny_checkpoint)

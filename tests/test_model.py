@@ -1,0 +1,71 @@
+"""The Flax generator against the original PyTorch LaMa: golden outputs and parameter counts."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jax_refine import refine as refine_lib
+from jax_refine.model import BIG_LAMA, TINY_LAMA, Lama, LamaConfig, abstract_model, count_parameters, eval_mode
+
+from conftest import GOLDEN, GOLDEN_IMAGES, load_golden_image
+
+
+@pytest.mark.parametrize("name", GOLDEN_IMAGES)
+def test_predict_matches_golden(tiny_model, name):
+    image, mask = load_golden_image(name)
+    out, pred = refine_lib.predict(tiny_model, image[None], (mask > 0).astype(np.float32)[None, ..., None])
+    np.testing.assert_allclose(out[0], np.load(GOLDEN / f"predict_{name}.npy"), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(pred[0], np.load(GOLDEN / f"predict_{name}_predicted_image.npy"), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("config, expected", [(BIG_LAMA, 50_975_875), (TINY_LAMA, 135_571)])
+def test_parameter_count(config, expected):
+    assert count_parameters(abstract_model(config)) == expected
+
+
+def test_front_rear_split():
+    model = eval_mode(Lama(TINY_LAMA, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    front = jax.jit(lambda s, x: nnx.merge(graphdef, s).front(x))
+    rear = jax.jit(lambda s, z: nnx.merge(graphdef, s).rear(z))
+    full = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 40, 56, 4)), jnp.float32)
+    z_local, z_global = front(state, x)
+    assert z_local.shape == (2, 5, 7, 16) and z_global.shape == (2, 5, 7, 48)
+    assert TINY_LAMA.z_channels == (16, 48) and BIG_LAMA.z_channels == (128, 384)
+    y = full(state, x)
+    assert y.shape == (2, 40, 56, 3)
+    np.testing.assert_allclose(np.asarray(rear(state, (z_local, z_global))), np.asarray(y), atol=1e-6)
+    # batch elements are independent
+    np.testing.assert_allclose(np.asarray(full(state, x[1:])), np.asarray(y[1:]), atol=1e-6)
+
+
+def test_remat_gives_the_same_gradient():
+    model = eval_mode(Lama(TINY_LAMA, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    x = jnp.asarray(np.random.default_rng(1).uniform(size=(1, 32, 32, 4)), jnp.float32)
+    z = jax.jit(lambda s, x: nnx.merge(graphdef, s).front(x))(state, x)
+
+    @partial(jax.jit, static_argnames="remat")
+    def grad(state, z, remat):
+        return jax.grad(lambda z: jnp.sum(nnx.merge(graphdef, state).rear(z, remat=remat) ** 2))(z)
+
+    for a, b in zip(grad(state, z, False), grad(state, z, True)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", [(1, 20, 32, 4), (1, 32, 32, 3), (32, 32, 4), (1, 8, 32, 4)])
+def test_bad_input_shapes_are_refused(shape):
+    model = abstract_model(TINY_LAMA)
+    with pytest.raises(ValueError, match="input"):
+        model.front(jnp.zeros(shape))
+
+
+@pytest.mark.parametrize("kwargs", [dict(ngf=0), dict(ratio=1.0), dict(n_blocks=2.5)])
+def test_bad_config_is_refused(kwargs):
+    with pytest.raises(ValueError, match="invalid LamaConfig"):
+        LamaConfig(**kwargs)
