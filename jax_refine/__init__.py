@@ -15,6 +15,7 @@ _platform.configure_xla()
 from .api import InpaintInfo as InpaintInfo
 from .api import Progress as Progress
 from .api import default_model as default_model
+from .api import enable_compilation_cache as enable_compilation_cache
 from .api import inpaint as inpaint
 from .convert import convert as convert
 from .convert import load as load
@@ -30,5 +31,6 @@ from .refine import ScaleInfo as ScaleInfo
 
 __all__ = [
     "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "Lama", "LamaConfig", "Progress",
-    "RefineConfig", "ScaleInfo", "UnsafePickleError", "convert", "default_model", "inpaint", "load", "save",
+    "RefineConfig", "ScaleInfo", "UnsafePickleError", "convert", "default_model", "enable_compilation_cache",
+    "inpaint", "load", "save",
 ]

@@ -160,6 +160,22 @@ def resolve_model(model: Lama | str | os.PathLike | None) -> Lama:
     raise TypeError(f"model must be a Lama, a checkpoint path or None, got {type(model).__name__}")
 
 
+def enable_compilation_cache(path: str | os.PathLike) -> Path:
+    """Enable JAX's persistent compilation cache in directory `path` (created if needed).
+
+    Every compiled program is stored (no minimum compile time), so a later process running
+    the same model at the same padded image sizes skips compilation. Call it before the
+    first computation. The cache is trusted code: do not use a directory others can write.
+    """
+    import jax
+
+    path = Path(path).expanduser().absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return path
+
+
 # --------------------------------------------------------------------------------------
 # inpaint
 # --------------------------------------------------------------------------------------

@@ -140,9 +140,10 @@ def infer_config(state_dict: Mapping[str, np.ndarray], hyper_parameters: Mapping
     first = blocks[0]
     local_out = shape(f"model.{first}.conv1.ffc.convl2l.weight")[0]
     global_out = shape(f"model.{first}.conv1.ffc.convl2g.weight")[0]
-    head = max(int(m.group(1)) for k in state_dict if (m := re.match(r"model\.(\d+)\.", k)))
+    n_downsampling = first - 2
+    head = first + len(blocks) + 1 + 3 * n_downsampling + 1  # see key_map
     inferred = dict(
-        ngf=int(stem[0]), input_nc=int(stem[1]), n_downsampling=first - 2, n_blocks=len(blocks),
+        ngf=int(stem[0]), input_nc=int(stem[1]), n_downsampling=n_downsampling, n_blocks=len(blocks),
         ratio=global_out / (local_out + global_out), output_nc=int(shape(f"model.{head}.weight")[0]),
     )
     if any(".lfu." in k or ".se." in k or "gate" in k for k in state_dict):

@@ -31,14 +31,18 @@ GAUSS_5 = _GAUSS / _GAUSS.sum()  # [0.0545, 0.2442, 0.4026, 0.2442, 0.0545]
 
 
 def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) bilinear resampling as torch `interpolate(align_corners=False)`, no antialias."""
-    out = np.zeros((n_out, n_in))
-    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    src = np.maximum(src, 0.0)  # torch clamps negative source coordinates to 0
+    """(n_out, n_in) bilinear resampling as torch `interpolate(align_corners=False)`, no antialias.
+
+    Source coordinates are computed in float32 as torch does, so non-integer ratios match it.
+    """
+    f32 = np.float32
+    src = f32(n_in / n_out) * (np.arange(n_out, dtype=f32) + f32(0.5)) - f32(0.5)
+    src = np.maximum(src, f32(0.0))  # torch clamps negative source coordinates to 0
     lo = np.minimum(np.floor(src).astype(int), n_in - 1)
     hi = np.minimum(lo + 1, n_in - 1)
-    frac = src - lo
-    np.add.at(out, (np.arange(n_out), lo), 1.0 - frac)
+    frac = src - lo.astype(f32)
+    out = np.zeros((n_out, n_in))
+    np.add.at(out, (np.arange(n_out), lo), f32(1.0) - frac)
     np.add.at(out, (np.arange(n_out), hi), frac)
     return out
 

@@ -1,0 +1,264 @@
+"""The `jax-refine` command line: inpaint modes, failures and safety, convert, the scripts."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import jax_refine
+from jax_refine import cli
+
+from conftest import GOLDEN
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = (80, 64)  # (w, h): small, and one padded size for every test (one compilation)
+
+
+@pytest.fixture(scope="session")
+def pairs():
+    """{name: (RGB image, L mask)} PIL images of SIZE cut from the golden inputs."""
+    out = {}
+    for name in ("coffee_300x400", "astronaut_251x317", "chelsea_240x296"):
+        image = Image.open(GOLDEN / f"{name}.png").convert("RGB").resize(SIZE, Image.BILINEAR)
+        mask = Image.open(GOLDEN / f"{name}_mask.png").convert("L").resize(SIZE, Image.NEAREST)
+        assert 0 < (np.asarray(mask) > 0).mean() < 1
+        out[name.split("_")[0]] = (image, mask)
+    return out
+
+
+def run(*argv):
+    return cli.main([str(a) for a in argv])
+
+
+def inpaint_args(checkpoint, *extra):
+    return ["--model", checkpoint, *extra]
+
+
+def pixels(path):
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def leftovers(directory):
+    return [p for p in Path(directory).rglob("*") if p.name.startswith(".") or p.name.endswith(".partial")]
+
+
+def assert_known_pixels_kept(out_path, image, mask):
+    out, known = pixels(out_path), np.asarray(mask) == 0
+    np.testing.assert_array_equal(out[known], np.asarray(image)[known])
+    assert not np.array_equal(out[~known], np.asarray(image)[~known])
+
+
+def test_single_image(tmp_path, tiny_checkpoint, pairs, capsys):
+    image, mask = pairs["coffee"]
+    image.save(tmp_path / "photo.png")
+    mask.save(tmp_path / "photo_mask.png")
+    out = tmp_path / "result" / "filled.png"
+    assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", out,
+               *inpaint_args(tiny_checkpoint, "--no-refine")) == 0
+    with Image.open(out) as written:
+        assert written.format == "PNG" and written.size == SIZE and written.mode == "RGB"
+    assert_known_pixels_kept(out, image, mask)
+    direct = jax_refine.inpaint(image, mask, tiny_checkpoint, refine=False)
+    np.testing.assert_array_equal(pixels(out), np.asarray(direct))
+    assert "1 done, 0 failed" in capsys.readouterr().out
+    assert leftovers(out.parent) == []
+
+
+def test_refine_with_progress_bars(tmp_path, tiny_checkpoint, pairs, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_use_bars", lambda: True)
+    image, mask = pairs["chelsea"]
+    image.save(tmp_path / "cat.png")
+    mask.save(tmp_path / "cat_mask.png")
+    out = tmp_path / "cat_out.png"
+    assert run("inpaint", tmp_path / "cat.png", tmp_path / "cat_mask.png", "-o", out,
+               *inpaint_args(tiny_checkpoint, "--min-side", 32, "--n-iters", 2)) == 0
+    err = capsys.readouterr().err
+    assert "scale 2/2 80x64" in err  # the inner bar followed the Progress events
+    config = jax_refine.RefineConfig(min_side=32, n_iters=2)
+    direct, info = jax_refine.inpaint(image, mask, tiny_checkpoint, config=config, return_info=True)
+    assert [s.size for s in info.scales] == [(32, 40), (64, 80)]
+    np.testing.assert_allclose(pixels(out), np.asarray(direct), atol=1)
+    assert_known_pixels_kept(out, image, mask)
+
+
+def test_lama_folder_with_bad_items(tmp_path, tiny_checkpoint, pairs, capsys):
+    data, out = tmp_path / "data", tmp_path / "out"
+    (data / "sub").mkdir(parents=True)
+    pairs["coffee"][0].save(data / "coffee.png")
+    pairs["coffee"][1].save(data / "coffee_mask.png")
+    pairs["astronaut"][0].save(data / "sub" / "astronaut.JPG", quality=95)  # suffix case ignored
+    pairs["astronaut"][1].save(data / "sub" / "astronaut_mask001.png")
+    pairs["chelsea"][0].save(data / "chelsea.png")
+    pairs["chelsea"][1].save(data / "chelsea_mask.png")
+    (data / "broken.png").write_bytes(np.random.default_rng(0).bytes(2000))  # corrupt image
+    pairs["chelsea"][1].save(data / "broken_mask.png")
+    pairs["chelsea"][1].save(data / "orphan_mask.png")  # no image
+    assert run("inpaint", data, "-o", out, *inpaint_args(tiny_checkpoint, "--no-refine")) == 1
+    captured = capsys.readouterr()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "chelsea_mask.png", "coffee_mask.png", "sub/astronaut_mask001.png"]
+    assert_known_pixels_kept(out / "coffee_mask.png", *pairs["coffee"])
+    assert "3 done, 2 failed" in captured.out
+    assert f"{data / 'broken.png'}: cannot read image" in captured.out
+    assert f"{data / 'orphan_mask.png'}: no image for this mask" in captured.out
+    assert f"failed: {data / 'broken.png'}" in captured.err
+    assert leftovers(out) == []
+
+    assert run("inpaint", data, "-o", tmp_path / "jpg", "--image-suffix", "jpg", "-q",
+               *inpaint_args(tiny_checkpoint, "--no-refine")) == 1
+    assert [p.name for p in (tmp_path / "jpg").rglob("*.png")] == ["astronaut_mask001.png"]
+    assert "1 done, 4 failed" in capsys.readouterr().out
+
+
+def test_two_folders_and_keep_ext(tmp_path, tiny_checkpoint, pairs, capsys):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    pairs["coffee"][0].save(images / "coffee.png")
+    pairs["coffee"][1].save(masks / "coffee.png")
+    pairs["astronaut"][0].save(images / "astronaut.jpg", quality=95)
+    pairs["astronaut"][1].save(masks / "astronaut_mask.png")
+    pairs["chelsea"][0].save(images / "chelsea.png")
+    pairs["chelsea"][1].save(masks / "chelsea_mask000.png")
+    (images / "notes.txt").write_text("not an image")
+    assert run("inpaint", images, masks, "-o", tmp_path / "out", *inpaint_args(tiny_checkpoint, "--no-refine")) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["astronaut.png", "chelsea.png", "coffee.png"]
+    assert_known_pixels_kept(tmp_path / "out" / "chelsea.png", *pairs["chelsea"])
+    assert "3 done, 0 failed" in capsys.readouterr().out
+
+    assert run("inpaint", images, masks, "-o", tmp_path / "kept", "--keep-ext", "--quiet",
+               *inpaint_args(tiny_checkpoint, "--no-refine")) == 0
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["astronaut.jpg", "chelsea.png", "coffee.png"]
+    with Image.open(tmp_path / "kept" / "astronaut.jpg") as written:
+        assert written.format == "JPEG"
+    assert capsys.readouterr().out == ""  # --quiet: no summary when all succeeded
+
+    # images and masks in one folder: a file that is another image's mask is no image
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    pairs["coffee"][0].save(mixed / "coffee.png")
+    pairs["coffee"][1].save(mixed / "coffee_mask.png")
+    pairs["chelsea"][1].save(mixed / "orphan_mask.png")  # no image: taken for an image without a mask
+    assert run("inpaint", mixed, mixed, "-o", tmp_path / "same", *inpaint_args(tiny_checkpoint, "--no-refine")) == 1
+    assert sorted(p.name for p in (tmp_path / "same").iterdir()) == ["coffee.png"]
+    assert_known_pixels_kept(tmp_path / "same" / "coffee.png", *pairs["coffee"])
+    assert f"{mixed / 'orphan_mask.png'}: no mask for this image" in capsys.readouterr().out
+
+
+def test_one_mask_for_all_images(tmp_path, tiny_checkpoint, pairs, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    mask = pairs["coffee"][1]
+    mask.save(images / "mask.png")  # in the image folder: not an image to inpaint
+    for name, (image, _) in pairs.items():
+        image.save(images / f"{name}.png")
+    pairs["coffee"][0].resize((96, 64)).save(images / "wide.png")  # size mismatch
+    assert run("inpaint", images, images / "mask.png", "-o", tmp_path / "out",
+               *inpaint_args(tiny_checkpoint, "--no-refine")) == 1
+    captured = capsys.readouterr()
+    for name, (image, _) in pairs.items():
+        assert_known_pixels_kept(tmp_path / "out" / f"{name}.png", image, mask)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["astronaut.png", "chelsea.png", "coffee.png"]
+    assert "3 done, 1 failed" in captured.out
+    assert f"{images / 'wide.png'}: mask size 80x64 (WxH) does not match the image size 96x64" in captured.out
+
+
+def test_never_overwrites_inputs_or_existing_outputs(tmp_path, tiny_checkpoint, pairs, capsys):
+    image, mask = pairs["astronaut"]
+    image.save(tmp_path / "a.png")
+    mask.save(tmp_path / "a_mask.png")
+    before = (tmp_path / "a.png").read_bytes(), (tmp_path / "a_mask.png").read_bytes()
+    # -o is the image (also through another spelling of the path or a hard link), or the mask
+    os.link(tmp_path / "a.png", tmp_path / "hard.png")
+    for target in (tmp_path / "a.png", tmp_path / "." / "a_mask.png", tmp_path / "hard.png"):
+        assert run("inpaint", tmp_path / "a.png", tmp_path / "a_mask.png", "-o", target, "--overwrite",
+                   *inpaint_args(tiny_checkpoint, "--no-refine")) == 2
+        assert "refusing to overwrite input files" in capsys.readouterr().err
+    # a LaMa folder written into itself: the outputs would be the masks
+    assert run("inpaint", tmp_path, "-o", tmp_path, "--overwrite", *inpaint_args(tiny_checkpoint)) == 2
+    assert "a_mask.png (output for" in capsys.readouterr().err
+    assert ((tmp_path / "a.png").read_bytes(), (tmp_path / "a_mask.png").read_bytes()) == before
+
+    out = tmp_path / "out.png"
+    out.write_bytes(b"keep me")
+    assert run("inpaint", tmp_path / "a.png", tmp_path / "a_mask.png", "-o", out,
+               *inpaint_args(tiny_checkpoint, "--no-refine")) == 1
+    assert "exists (pass --overwrite to replace it)" in capsys.readouterr().out
+    assert out.read_bytes() == b"keep me"
+    assert run("inpaint", tmp_path / "a.png", tmp_path / "a_mask.png", "-o", out, "--overwrite",
+               *inpaint_args(tiny_checkpoint, "--no-refine")) == 0
+    assert_known_pixels_kept(out, image, mask)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n-iters", "0"], "invalid refinement settings: --n-iters must be a positive int, got 0"),
+    (["--erosion", "4", "--lr", "-1"], "--lr must be a positive number"),
+    (["--n-iters", "many"], "argument --n-iters: invalid int value: 'many'"),
+])
+def test_invalid_settings_are_usage_errors(tmp_path, pairs, capsys, argv, message):
+    pairs["coffee"][0].save(tmp_path / "x.png")
+    pairs["coffee"][1].save(tmp_path / "x_mask.png")
+    assert run("inpaint", tmp_path / "x.png", tmp_path / "x_mask.png", "-o", tmp_path / "y.png", *argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "y.png").exists()
+
+
+def test_bad_invocations(tmp_path, pairs, capsys):
+    pairs["coffee"][0].save(tmp_path / "x.png")
+    assert run("inpaint", tmp_path / "x.png", "-o", tmp_path / "y.png") == 2
+    assert "one image needs its mask" in capsys.readouterr().err
+    assert run("inpaint", tmp_path / "missing.png", tmp_path / "x.png", "-o", tmp_path / "y.png") == 2
+    assert "missing.png: no such file or directory" in capsys.readouterr().err
+    assert run("inpaint", tmp_path / "x.png", tmp_path / "x.png", "-o", tmp_path / "y.unknown") == 2
+    assert "cannot tell an image format" in capsys.readouterr().err
+    assert run("inpaint", tmp_path, "-o", tmp_path / "out") == 2  # no *_mask*.png
+    assert "no masks" in capsys.readouterr().err
+    assert run("inpaint", tmp_path / "x.png", tmp_path / "x.png", "-o", tmp_path / "y.png",
+               "--model", tmp_path) == 2
+    assert "not a jax-refine checkpoint directory" in capsys.readouterr().err
+    assert run() == 2
+
+
+def test_convert_command(tmp_path, capsys):
+    dst = tmp_path / "ckpt" / "tiny"
+    assert run("convert", GOLDEN / "tinylama.ckpt", dst) == 0
+    out = capsys.readouterr().out
+    assert "ngf=8" in out and "135,571 parameters" in out and str(dst) in out
+    assert jax_refine.load(dst).config == jax_refine.TINY_LAMA
+    assert run("convert", GOLDEN / "tinylama.ckpt", dst) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert run("convert", GOLDEN / "tinylama.ckpt", dst, "--overwrite") == 0
+
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(np.random.default_rng(1).bytes(4096))
+    assert run("convert", corrupt, tmp_path / "new" / "model") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {corrupt}") and "Traceback" not in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_scripts_in_a_subprocess(tmp_path, tiny_checkpoint, pairs):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # the clone script finds the package on its own
+    done = subprocess.run([sys.executable, REPO / "convert" / "convert_lama.py", GOLDEN / "tinylama.ckpt",
+                           tmp_path / "tiny"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "135,571 parameters" in done.stdout
+    # the console script's module, with a persistent compilation cache
+    pairs["coffee"][0].save(tmp_path / "x.png")
+    pairs["coffee"][1].save(tmp_path / "x_mask.png")
+    done = subprocess.run([sys.executable, "-m", "jax_refine.cli", "inpaint", "x.png", "x_mask.png", "-o", "y.png",
+                           "--model", "tiny", "--no-refine", "--compilation-cache", "cache"],
+                          cwd=tmp_path, env=dict(env, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "1 done, 0 failed" in done.stdout
+    assert_known_pixels_kept(tmp_path / "y.png", *pairs["coffee"])
+    assert any((tmp_path / "cache").iterdir())

@@ -1,0 +1,229 @@
+"""The converter: every container, strictness, safety, atomic output, and torch-free operation."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jax_refine import CheckpointError, UnsafePickleError, convert, load
+from jax_refine.convert import FORMAT, read_generator
+from jax_refine.model import count_parameters
+
+from conftest import GOLDEN
+
+CONTAINERS = ["tinylama.ckpt", "tinylama_omegaconf.ckpt", "tinylama_generator_state_dict.pth"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def leftovers(directory):
+    return [p.name for p in Path(directory).iterdir() if p.name.endswith(".partial")]
+
+
+@pytest.mark.parametrize("container", CONTAINERS)
+def test_every_container_converts_to_the_same_model(container, tmp_path, tiny_checkpoint):
+    dst = convert(GOLDEN / container, tmp_path / "out")
+    meta = json.loads((dst / "jax_refine.json").read_text())
+    assert meta["format"] == FORMAT
+    assert meta["config"] == {"ngf": 8, "n_downsampling": 3, "n_blocks": 2, "ratio": 0.75,
+                              "input_nc": 4, "output_nc": 3, "max_features": 1024}
+    assert meta["source"]["file"] == container and len(meta["source"]["sha256"]) == 64
+    model, reference = load(dst), load(tiny_checkpoint)
+    assert count_parameters(model) == 135_571
+    from flax import nnx
+    for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(reference))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+
+
+def _write_checkpoint(path, obj, root="archive"):
+    """A torch zip-format file holding `obj` (numpy arrays become torch tensors)."""
+    torch = pytest.importorskip("torch")
+
+    def to_torch(x):
+        if isinstance(x, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(x))
+        if isinstance(x, dict):
+            return {k: to_torch(v) for k, v in x.items()}
+        return x
+
+    torch.save(to_torch(obj), path)
+    return path
+
+
+def _golden_generator():
+    state, hparams = read_generator(GOLDEN / "tinylama.ckpt")
+    return {k: np.array(v) for k, v in state.items()}, hparams
+
+
+def test_big_lama_layout_converts_to_exactly_50975875_parameters(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [l.split("\t") for l in (GOLDEN / "keys_biglama.txt").read_text().splitlines() if not l.startswith("#")]
+    state = {}
+    for key, shape, dtype in lines:
+        shape = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+        state[key] = (np.zeros(shape, np.int64) if dtype == "int64"
+                      else rng.standard_normal(shape, dtype=np.float32))
+    src = _write_checkpoint(tmp_path / "best.ckpt", {"state_dict": state, "epoch": 1})
+    model = load(convert(src, tmp_path / "big-lama"))
+    assert count_parameters(model) == 50_975_875
+    np.testing.assert_array_equal(  # spot check: torch (O, I, kh, kw) -> (kh, kw, I, O), block 17 stacked last
+        np.asarray(model.blocks.conv2.convg2l.kernel[17]),
+        state["generator.model.22.conv2.ffc.convg2l.weight"].transpose(2, 3, 1, 0))
+
+
+def test_shape_mismatch_missing_and_unexpected_keys_are_listed(tmp_path):
+    state, _ = _golden_generator()
+    state["model.5.conv1.ffc.convl2l.weight"] = np.zeros((16, 16, 1, 1), np.float32)
+    del state["model.11.bias"]
+    state["model.99.weight"] = np.zeros(3, np.float32)
+    src = _write_checkpoint(tmp_path / "bad.pth", state)
+    with pytest.raises(CheckpointError) as err:
+        convert(src, tmp_path / "out")
+    message = str(err.value)
+    assert "bad.pth" in message
+    assert "missing keys (1)" in message and "model.11.bias" in message
+    assert "unexpected keys (1)" in message and "model.99.weight" in message
+    assert "mis-shaped keys (1)" in message and "model.5.conv1.ffc.convl2l.weight: (16, 16, 1, 1) (expected (16, 16, 3, 3))" in message
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+def test_non_lama_state_dict_is_refused(tmp_path):
+    src = _write_checkpoint(tmp_path / "resnet.pth", {"conv1.weight": np.zeros((8, 3, 3, 3), np.float32)})
+    with pytest.raises(CheckpointError, match=r"resnet\.pth: no LaMa generator weights"):
+        convert(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unsupported_generator_options_are_refused(tmp_path):
+    state, hparams = _golden_generator()
+    hparams["generator"]["resnet_conv_kwargs"]["enable_lfu"] = True
+    src = _write_checkpoint(tmp_path / "lfu.ckpt", {"state_dict": {"generator." + k: v for k, v in state.items()},
+                                                    "hyper_parameters": hparams})
+    with pytest.raises(CheckpointError, match="unsupported option enable_lfu=True"):
+        convert(src, tmp_path / "out")
+
+
+def test_hyper_parameters_contradicting_the_tensors_are_refused(tmp_path):
+    state, hparams = _golden_generator()
+    hparams["generator"]["n_blocks"] = 18
+    src = _write_checkpoint(tmp_path / "h.ckpt", {"state_dict": {"generator." + k: v for k, v in state.items()},
+                                                  "hyper_parameters": hparams})
+    with pytest.raises(CheckpointError, match="n_blocks=18 in hyper_parameters but the tensors imply 2"):
+        convert(src, tmp_path / "out")
+
+
+class _Exploit:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("payload", ["reduce", "eval"])
+def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path, payload):
+    marker = tmp_path / "pwned"
+    obj = (_Exploit(f"touch {marker}") if payload == "reduce"
+           else type("E", (), {"__reduce__": lambda self: (eval, (f"__import__('os').system('touch {marker}')",))})())
+    src = tmp_path / "evil.ckpt"
+    with zipfile.ZipFile(src, "w") as z:
+        z.writestr("evil/data.pkl", pickle.dumps({"state_dict": obj}, protocol=2))
+        z.writestr("evil/version", "3\n")
+    with pytest.raises(UnsafePickleError, match="evil.ckpt: refusing to call"):
+        convert(src, tmp_path / "out")
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_damaged_files_give_a_clear_error_and_no_output(tmp_path, damage):
+    data = (GOLDEN / "tinylama.ckpt").read_bytes()
+    data = {"truncated": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage]
+    src = tmp_path / f"{damage}.ckpt"
+    src.write_bytes(data)
+    with pytest.raises(CheckpointError, match=f"{damage}.ckpt"):
+        convert(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
+
+
+def test_existing_destination_is_not_overwritten(tmp_path):
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "keep").write_text("x")
+    with pytest.raises(FileExistsError):
+        convert(GOLDEN / "tinylama.ckpt", dst)
+    assert (dst / "keep").read_text() == "x"
+    convert(GOLDEN / "tinylama.ckpt", dst, overwrite=True)
+    assert not (dst / "keep").exists() and (dst / "jax_refine.json").exists()
+
+
+def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="not a jax-refine checkpoint"):
+        load(tmp_path)
+
+
+def test_torchscript_archive_converts(tmp_path, tiny_checkpoint):
+    torch = pytest.importorskip("torch")
+    from reference.lama_torch import FFCResNetGenerator
+
+    state, _ = _golden_generator()
+    generator = FFCResNetGenerator(ngf=8, n_downsampling=3, n_blocks=2)
+    generator.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+
+    class Inpainter(torch.nn.Module):  # LaMa's bin/to_jit.py wraps the training module as `model`
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Module()
+            self.model.generator = generator
+
+        def forward(self, image, mask):
+            x = torch.cat([image * (1 - mask), mask], 1)
+            return mask * self.model.generator(x) + (1 - mask) * image
+
+    wrapper = Inpainter().eval()
+    traced = torch.jit.trace(wrapper, (torch.rand(1, 3, 64, 64), (torch.rand(1, 1, 64, 64) > 0.5).float()))
+    traced.save(str(tmp_path / "big-lama.pt"))
+    from flax import nnx
+    model = load(convert(tmp_path / "big-lama.pt", tmp_path / "out"))
+    reference = load(tiny_checkpoint)
+    for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(reference))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+
+
+def test_converter_works_where_import_torch_fails(tmp_path):
+    script = f"""
+import sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+import jax_refine
+try:
+    import torch
+except ImportError:
+    pass
+else:
+    raise SystemExit("torch importable")
+for name in {CONTAINERS!r}:
+    jax_refine.convert({str(GOLDEN)!r} + "/" + name, {str(tmp_path)!r} + "/" + name)
+    jax_refine.load({str(tmp_path)!r} + "/" + name)
+print("ok")
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_cli_convert_script_without_torch(tmp_path):
+    """`python convert/convert_lama.py SRC DST` in a clone, with torch unavailable."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "torch.py").write_text("raise ImportError('torch is blocked for this test')\n")
+    env = dict(os.environ, PYTHONPATH=f"{blocker}{os.pathsep}{REPO}")
+    result = subprocess.run([sys.executable, str(REPO / "convert" / "convert_lama.py"), str(GOLDEN / "tinylama.ckpt"),
+                             str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "jax_refine.json").is_file()
