@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CheckpointError", "UnsafePickleError", "read_torch_file", "to_plain"]
+__all__ = ["CheckpointError", "UnsafePickleError", "read_torch_file", "release_pages", "to_plain"]
 
 _LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
@@ -281,6 +281,25 @@ def read_torch_file(path: str | os.PathLike) -> Any:
         raise
     except Exception as exc:  # zipfile/pickle/OS errors: report them as a bad file
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Let the OS drop the file pages behind `array`, a view returned by read_torch_file,
+    from memory now instead of when the file is unmapped. The pages are re-read from the
+    file if the view is touched again, so writes made through it are lost. A no-op for
+    arrays that are not views into a mapped checkpoint.
+    """
+    base = array  # walk ndarray / as_strided bases down to the memoryview of the mapping
+    while not isinstance(base, (memoryview, mmap.mmap)) and getattr(base, "base", None) is not None:
+        base = base.base
+    mm = base.obj if isinstance(base, memoryview) else base
+    if not isinstance(mm, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED") or mm.closed:
+        return
+    start = array.__array_interface__["data"][0] - np.frombuffer(mm, np.uint8, 1).__array_interface__["data"][0]
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages only: neighbours keep theirs
+    end = (start + array.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if 0 <= first < end <= len(mm):
+        mm.madvise(mmap.MADV_DONTNEED, first, end - first)
 
 
 # -------------------------------------------------------------------- to_plain

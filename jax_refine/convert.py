@@ -25,11 +25,12 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from . import __version__
-from ._torch_pickle import CheckpointError, read_torch_file, to_plain
+from ._torch_pickle import CheckpointError, read_torch_file, release_pages, to_plain
 from .model import Lama, LamaConfig, abstract_model, eval_mode
 
 FORMAT = "jax-refine-lama"
@@ -181,8 +182,11 @@ def _check_hyper_parameters(inferred, hyper_parameters, source):
         raise CheckpointError(f"{source}: generator configuration not supported: " + "; ".join(problems))
 
 
-def to_flax_state(state_dict: Mapping[str, np.ndarray], config: LamaConfig, source: str) -> dict[tuple, np.ndarray]:
-    """Map a generator state_dict (keys without prefix) to flat {flax path: float32 array}.
+def to_flax_state(state_dict: Mapping[str, np.ndarray], config: LamaConfig, source: str) -> dict[tuple, jax.Array]:
+    """Map a generator state_dict (keys without prefix) to flat {flax path: float32 jax array}.
+
+    Each converted array is moved into a jax array at once, so the peak memory is the source
+    tensors plus one converted copy (orbax then saves jax arrays without another host copy).
 
     Strict: raises one CheckpointError listing every missing, unexpected and mis-shaped key.
     """
@@ -202,14 +206,34 @@ def to_flax_state(state_dict: Mapping[str, np.ndarray], config: LamaConfig, sour
             misshaped.append(f"{key}: {tuple(state_dict[key].shape)} (expected {_torch_shape(want, transform)})")
             continue
         if block is None:
-            flat[path] = np.ascontiguousarray(array, dtype=np.float32)
+            flat[path] = _device_array([array], array.shape)
+            release_pages(state_dict[key])
         else:
-            stacked.setdefault(path, [None] * config.n_blocks)[block] = array
+            stacked.setdefault(path, [None] * config.n_blocks)[block] = key
     if missing or unexpected or misshaped:
         raise CheckpointError(_mismatch_message(source, config, missing, unexpected, misshaped))
-    for path, arrays in stacked.items():
-        flat[path] = np.stack(arrays).astype(np.float32, copy=False)
+    for path, keys in stacked.items():
+        transform = rules[keys[0]][1]
+        arrays = [transform(state_dict[k]) if transform else state_dict[k] for k in keys]
+        flat[path] = _device_array(arrays, (len(arrays),) + arrays[0].shape)
+        for key in keys:  # keep the peak at about one copy of the weights
+            release_pages(state_dict[key])
     return flat
+
+
+def _device_array(parts, shape) -> jax.Array:
+    """float32 jax array of `shape` from `parts` (stacked along a new axis 0 when shape has one
+    more dimension than the parts), written once into a 64-byte aligned host buffer, which
+    CPU device_put adopts without copying."""
+    nbytes = int(np.prod(shape)) * 4
+    raw = np.empty(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start : start + nbytes].view(np.float32).reshape(shape)
+    if len(shape) == parts[0].ndim:
+        out[...] = parts[0]
+    else:
+        np.stack(parts, out=out)
+    return jax.device_put(out)
 
 
 def _torch_shape(flax_shape, transform):
@@ -337,9 +361,8 @@ def save_flat(flat: Mapping[tuple, np.ndarray], config: LamaConfig, dst, *, sour
             for part in path[:-1]:
                 node = node.setdefault(str(part), {})
             node[str(path[-1])] = array
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(tmp / "params", tree)
-        checkpointer.wait_until_finished()
+        # synchronous: the async StandardCheckpointer first copies every array to host buffers
+        ocp.Checkpointer(ocp.StandardCheckpointHandler()).save(tmp / "params", args=ocp.args.StandardSave(tree))
         metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config),
                     "source": dict(source), "converter_version": __version__}
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
