@@ -127,15 +127,14 @@ def _valid_region(rows, cols):
     return (jnp.sum(rows, -1) > 0)[:, :, None, None] & (jnp.sum(cols, -1) > 0)[:, None, :, None]
 
 
-@partial(jax.jit, static_argnames=("graphdef", "n_iters", "erosion", "remat", "report"))
-def _refine_program(graphdef, state, image, mask, ref, down_rows, down_cols, half_rows, half_cols, lr,
-                    hook_token, *, n_iters, erosion, remat=False, report=False):
-    """One refined scale.
+def scale_problem(graphdef, state, image, mask, ref, down_rows, down_cols, half_rows, half_cols, *,
+                  erosion, remat=False):
+    """The optimisation problem of one refined scale, as pure functions (trace inside jit).
 
     image (B, Hp, Wp, 3) reflect-padded; mask (B, Hp, Wp, 1) binary; ref (B, Hp/2, Wp/2, 3)
     the previous scale's result, zero-padded; down_* (B, Hp/2, Hp) / (B, Wp/2, Wp) blur +
     bilinear halving of the valid region; half_* the same without blur (for the mask).
-    Returns (composite (B, Hp, Wp, 3), losses (n_iters, B)).
+    Returns (z0, loss_fn) with loss_fn(z) -> (summed loss, (loss per image (B,), prediction)).
     """
     model = nnx.merge(graphdef, state)
     known = 1 - mask
@@ -151,7 +150,22 @@ def _refine_program(graphdef, state, image, mask, ref, down_rows, down_cols, hal
         # Summing per-image losses gives each image the gradient it would get alone.
         return jnp.sum(per_image), (per_image, pred)
 
-    tx = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
+    return model.front(jnp.concatenate([image * known, mask], axis=-1)), loss_fn
+
+
+def adam(lr):
+    """torch.optim.Adam's defaults as optax: betas (0.9, 0.999), eps 1e-8, no weight decay."""
+    return optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "n_iters", "erosion", "remat", "report"))
+def _refine_program(graphdef, state, image, mask, ref, down_rows, down_cols, half_rows, half_cols, lr,
+                    hook_token, *, n_iters, erosion, remat=False, report=False):
+    """One refined scale (arguments as `scale_problem`): n_iters forwards, n_iters - 1 Adam
+    steps in a fori_loop. Returns (composite (B, Hp, Wp, 3), losses (n_iters, B))."""
+    z, loss_fn = scale_problem(graphdef, state, image, mask, ref, down_rows, down_cols, half_rows, half_cols,
+                               erosion=erosion, remat=remat)
+    tx = adam(lr)
 
     def step(i, carry):
         z, opt_state, losses = carry
@@ -161,13 +175,12 @@ def _refine_program(graphdef, state, image, mask, ref, down_rows, down_cols, hal
             jax.debug.callback(_report_iteration, hook_token, i, per_image)
         return optax.apply_updates(z, updates), opt_state, losses.at[i].set(per_image)
 
-    z = model.front(jnp.concatenate([image * known, mask], axis=-1))
     losses = jnp.zeros((n_iters, image.shape[0]), jnp.float32)
     z, _, losses = jax.lax.fori_loop(0, n_iters - 1, step, (z, tx.init(z), losses))
     _, (per_image, pred) = loss_fn(z)
     if report:
         jax.debug.callback(_report_iteration, hook_token, n_iters - 1, per_image)
-    return mask * pred + known * image, losses.at[n_iters - 1].set(per_image)
+    return mask * pred + (1 - mask) * image, losses.at[n_iters - 1].set(per_image)
 
 
 # Progress inside compiled loops: the program calls one fixed function with a token (a traced
@@ -272,15 +285,9 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
         if index == 0:
             out, _ = _predict_program(graphdef, state, image_p, mask_p)
         else:
-            batch = image.shape[0]
-            down_rows = _batched(pyramid.embed(pyramid.pyr_down_matrix(lh), hp // 2, hp), batch)
-            down_cols = _batched(pyramid.embed(pyramid.pyr_down_matrix(lw), wp // 2, wp), batch)
-            half_rows = _batched(pyramid.embed(pyramid.resize_matrix(lh, lh // 2), hp // 2, hp), batch)
-            half_cols = _batched(pyramid.embed(pyramid.resize_matrix(lw, lw // 2), wp // 2, wp), batch)
-            ref = _pad(result, hp // 2, wp // 2, "constant")
             with _registered(on_iteration) as token:
                 out, losses = _refine_program(
-                    graphdef, state, image_p, mask_p, ref, down_rows, down_cols, half_rows, half_cols,
+                    graphdef, state, image_p, mask_p, *scale_operands(result, (lh, lw), (hp, wp)),
                     jnp.float32(config.lr), token, n_iters=config.n_iters, erosion=config.erosion, remat=remat,
                     report=on_iteration is not None)
                 out = jax.block_until_ready(out)
@@ -291,5 +298,14 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
     return result, infos
 
 
-def _batched(matrix: np.ndarray, batch: int) -> np.ndarray:
-    return np.broadcast_to(matrix.astype(np.float32), (batch,) + matrix.shape)
+def scale_operands(ref: np.ndarray, size, padded_size):
+    """(ref, down_rows, down_cols, half_rows, half_cols) of `scale_problem` for a scale of valid
+    `size` (h, w) padded to `padded_size`; ref (B, h // 2, w // 2, 3) is the previous result."""
+    (h, w), (hp, wp), batch = size, padded_size, ref.shape[0]
+
+    def batched(matrix, rows, cols):
+        return np.broadcast_to(pyramid.embed(matrix, rows, cols), (batch, rows, cols))
+
+    return (_pad(ref, hp // 2, wp // 2, "constant"),
+            batched(pyramid.pyr_down_matrix(h), hp // 2, hp), batched(pyramid.pyr_down_matrix(w), wp // 2, wp),
+            batched(pyramid.resize_matrix(h, h // 2), hp // 2, hp), batched(pyramid.resize_matrix(w, w // 2), wp // 2, wp))
