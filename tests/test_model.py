@@ -98,3 +98,42 @@ def test_big_lama_matches_an_independent_torch_reference():
         np.testing.assert_allclose(np.asarray(ours), theirs.numpy().transpose(0, 2, 3, 1), rtol=0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(out), out_t, rtol=0, atol=1e-5)  # achieved: z 2.9e-6, image 7e-7
     assert 0.05 < out_t.std()  # a non-degenerate output (not saturated)
+
+
+def test_training_mode_updates_every_batch_norm():
+    """Training-mode forwards update the running statistics of all BatchNorms, including those
+    of the residual blocks (which run inside lax.scan); eval mode changes none."""
+    model = Lama(TINY_LAMA, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(2).uniform(size=(2, 32, 32, 4)), jnp.float32)
+
+    def stats(m):
+        return {path: np.array(v[...]) for path, v in nnx.to_flat_state(nnx.state(m, nnx.BatchStat))}
+
+    before = stats(model)
+    eval_mode(model)(x)
+    assert all(np.array_equal(before[k], v) for k, v in stats(model).items())
+    model(x)
+    after = stats(model)
+    assert any(k[0] == "blocks" for k in after)
+    unchanged = [k for k, v in after.items() if np.array_equal(before[k], v)]
+    assert not unchanged, unchanged
+
+
+@pytest.mark.parametrize("strides, padding, dilation", [
+    ((1, 1), ((0, 0), (0, 0)), (1, 1)),
+    ((2, 2), ((1, 1), (1, 1)), (1, 1)),
+    ((1, 1), ((1, 2), (1, 2)), (2, 2)),  # the upsamplers
+    ((2, 1), ((0, 1), (2, 0)), (1, 1)),
+])
+@pytest.mark.parametrize("in_loop", [False, True])
+def test_conv2d_gradients_match_stock_conv(strides, padding, dilation, in_loop):
+    from jax_refine.model import _conv, _conv2d
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(2, 11, 13, 5)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 5, 7)), jnp.float32)
+    ours = jax.grad(lambda x, k: jnp.sum(jnp.sin(_conv2d(x, k, strides, padding, dilation, in_loop))), (0, 1))(x, k)
+    stock = jax.grad(lambda x, k: jnp.sum(jnp.sin(_conv(x, k, strides, padding, dilation))), (0, 1))(x, k)
+    for a, b in zip(ours, stock):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
