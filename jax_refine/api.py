@@ -114,7 +114,7 @@ def _hole(mask, shape) -> np.ndarray:
         pass
     mask = np.asarray(mask)
     if mask.ndim == 3 and mask.shape[2] in (1, 3, 4):
-        mask = mask[:, :, :3].max(axis=2) if mask.shape[2] != 4 else mask[:, :, :3].max(axis=2)
+        mask = mask[:, :, :3].max(axis=2)  # any colour channel (alpha ignored)
     if mask.ndim != 2:
         raise ValueError(f"mask must be H x W (or H x W x 1/3), got shape {mask.shape}")
     if mask.dtype.kind not in "biuf":
