@@ -1,0 +1,73 @@
+"""jax_refine.inpaint: input kinds in, the same kind out, known pixels kept, clear errors."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jax_refine import inpaint
+
+from conftest import load_golden_image
+
+
+@pytest.fixture(scope="module")
+def small():
+    image, mask = load_golden_image("coffee_300x400")
+    return (image[:64, :80] * 255).round().astype(np.uint8), (mask[:64, :80] > 0)
+
+
+def test_uint8_float_and_pil_give_the_same_fill(tiny_model, small):
+    image, mask = small
+    assert mask.any() and not mask.all()
+    out_u8 = inpaint(image, mask, tiny_model, refine=False)
+    out_f = inpaint(image.astype(np.float32) / 255, mask, tiny_model, refine=False)
+    out_pil = inpaint(Image.fromarray(image), Image.fromarray(mask.astype(np.uint8) * 255), tiny_model, refine=False)
+    assert out_u8.dtype == np.uint8 and out_f.dtype == np.float32 and isinstance(out_pil, Image.Image)
+    np.testing.assert_array_equal(out_u8[~mask], image[~mask])  # known pixels bit-identical
+    np.testing.assert_array_equal(np.asarray(out_pil), out_u8)
+    np.testing.assert_array_equal(out_u8, np.clip(np.rint(out_f * 255), 0, 255).astype(np.uint8))
+    assert np.abs(out_u8[mask].astype(int) - image[mask]).mean() > 1  # the hole was filled
+
+
+def test_rgba_gray_and_16_bit(tiny_model, small):
+    image, mask = small
+    alpha = np.full(image.shape[:2] + (1,), 77, np.uint8)
+    rgba = inpaint(np.concatenate([image, alpha], -1), mask, tiny_model, refine=False)
+    assert rgba.shape == image.shape[:2] + (4,) and (rgba[..., 3] == 77).all()
+    gray = inpaint(Image.fromarray(image).convert("L"), mask, tiny_model, refine=False)
+    assert gray.mode == "L" and gray.size == (80, 64)
+    sixteen = inpaint(image.astype(np.uint16) * 257, mask, tiny_model, refine=False)
+    assert sixteen.dtype == np.uint16
+    np.testing.assert_array_equal(sixteen[~mask], image[~mask].astype(np.uint16) * 257)
+
+
+def test_exif_rotation_is_applied(tiny_model, small):
+    image, mask = small
+    pil = Image.fromarray(image)
+    exif = pil.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    import io
+    buffer = io.BytesIO()
+    pil.save(buffer, "JPEG", exif=exif.tobytes())
+    rotated = Image.open(io.BytesIO(buffer.getvalue()))
+    upright_mask = np.rot90(mask, -1)
+    out = inpaint(rotated, upright_mask, tiny_model, refine=False)
+    assert out.size == (64, 80)  # upright: width and height swapped
+
+
+def test_empty_mask_returns_the_input_without_a_model(small):
+    image, mask = small
+    out = inpaint(image, np.zeros_like(mask), model="/nonexistent/model")
+    np.testing.assert_array_equal(out, image)
+
+
+@pytest.mark.parametrize("bad_image, bad_mask, message", [
+    (np.zeros((64, 80, 3), np.uint8), np.zeros((60, 80), bool), "does not match the image size"),
+    (np.zeros((0, 80, 3), np.uint8), np.zeros((0, 80), bool), "image is empty"),
+    (np.full((64, 80, 3), np.nan, np.float32), np.ones((64, 80), bool), "NaN"),
+    (np.full((64, 80, 3), 2.0, np.float32), np.ones((64, 80), bool), r"values in \[0, 1\]"),
+    (np.zeros((64, 80, 5), np.uint8), np.ones((64, 80), bool), "image must be H x W x 3"),
+    (np.zeros((64, 80, 3), np.uint8), np.full((64, 80), np.nan), "mask contains NaN"),
+])
+def test_bad_input_gives_a_clear_error(bad_image, bad_mask, message):
+    with pytest.raises(ValueError, match=message):
+        inpaint(bad_image, bad_mask, model="/nonexistent/model")
