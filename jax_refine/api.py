@@ -21,7 +21,11 @@ from .convert import load
 from .model import Lama
 from .refine import RefineConfig, ScaleInfo
 
-BUNDLED_WEIGHTS = Path(__file__).parent / "weights" / "default"
+# The default model ships in the repository's weights/default; a wheel installs that folder as
+# jax_refine/weights/default (pyproject's package-dir), a source checkout reads it in place.
+_BUNDLED_CANDIDATES = (Path(__file__).parent / "weights" / "default",
+                       Path(__file__).parent.parent / "weights" / "default")
+BUNDLED_WEIGHTS = next((p for p in _BUNDLED_CANDIDATES if (p / "jax_refine.json").is_file()), _BUNDLED_CANDIDATES[0])
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Write the README's example: a held-out photo and a thick stroke mask, in examples/.
+
+    python scripts/prepare_data.py && python scripts/make_example.py
+
+The photo is mate-backgrounds' nature/Dune.jpg (1680 x 1050, GPL-2+, see examples/README.md),
+held out from training (data/manifest.json), saved losslessly as PNG; the mask is LaMa's
+'thick' kind (jax_refine.masks) drawn with a fixed seed. Running it again rewrites the same
+files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from jax_refine.masks import random_mask, save_mask_png
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = "mate-backgrounds/Dune"
+MASK_SEED = 3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "examples")
+    args = parser.parse_args()
+    manifest = json.loads((args.data / "manifest.json").read_text())
+    entry = next(p for p in manifest["photos"] if p["name"] == PHOTO)
+    if entry["split"] != "heldout":
+        raise SystemExit(f"{PHOTO} is a training photo; the example must be held out")
+    photo = Image.open(args.data / entry["path"]).convert("RGB")
+    name = PHOTO.split("/")[-1].lower()
+    args.out.mkdir(parents=True, exist_ok=True)
+    photo.save(args.out / f"{name}.png", optimize=True)
+    mask = random_mask(np.random.default_rng(MASK_SEED), photo.height, photo.width, "thick")
+    save_mask_png(mask, args.out / f"{name}_mask.png")
+    print(f"wrote {args.out / name}.png and {name}_mask.png ({photo.width}x{photo.height}, "
+          f"hole {mask.mean():.1%}) from {entry['path']} (sha256 {entry['sha256'][:12]}…)")
+
+
+if __name__ == "__main__":
+    main()
