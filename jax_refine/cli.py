@@ -42,7 +42,11 @@ _REFINE_HELP = {
     "px_budget": "largest h * w refined; bigger images are first resized to fit",
     "modulo": "pad each scale to a multiple of this (a multiple of 8)",
     "erosion": "side (odd) of the structuring element eroding the hole for the multi-scale loss",
+    "early_stop": "stop a scale once the loss improved by less than this fraction over --early-stop-window "
+                  "iterations, e.g. 0.01 (default: off, always --n-iters)",
+    "early_stop_window": "iterations the --early-stop improvement is measured over",
 }
+_REFINE_TYPES = {"early_stop": float}  # fields whose default (None) does not give the type
 
 
 class UsageError(Exception):
@@ -126,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--compilation-cache", metavar="DIR",
                          help="persistent JAX compilation cache directory: later runs skip compiling "
                               "(trusted: do not use a directory others can write)")
+    inpaint.add_argument("--report", action="store_true",
+                         help="print a refinement report per image: size, iterations, loss curve and time per scale")
+    inpaint.add_argument("--report-plot", action="store_true",
+                         help="also save the loss curves as OUT.report.png beside each output (needs matplotlib)")
     inpaint.add_argument("-q", "--quiet", action="store_true",
                          help="no progress output; the summary only when something failed")
 
@@ -145,10 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
             refine.add_argument(option, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
                                 help=f"RefineConfig.{field.name} (default: %(default)s)")
         else:
-            refine.add_argument(option, dest=field.name, type=type(default), default=default,
-                                metavar=type(default).__name__.upper(),
-                                help=_REFINE_HELP.get(field.name, f"RefineConfig.{field.name}")
-                                + " (default: %(default)s)")
+            kind = _REFINE_TYPES.get(field.name, type(default))
+            text = _REFINE_HELP.get(field.name, f"RefineConfig.{field.name}")
+            refine.add_argument(option, dest=field.name, type=kind, default=default, metavar=kind.__name__.upper(),
+                                help=text if "default:" in text else text + " (default: %(default)s)")
     return parser
 
 
@@ -406,6 +414,7 @@ class Reporter:
         self.bars = not quiet and _use_bars()
         self.done, self.failures = 0, []
         self.outer = self.inner = None
+        self._scale = None  # (scale, last iteration, n_iters) of the refined scale in progress
         if self.bars:
             from tqdm.auto import tqdm
 
@@ -431,16 +440,27 @@ class Reporter:
                                         file=sys.stderr, dynamic_ncols=True,
                                         position=1 if self.outer is not None else 0)
             if event.iteration is None:
+                self._close_scale()
                 h, w = event.size
                 self.inner.set_description(f"scale {event.scale + 1}/{event.n_scales} {w}x{h}")
             else:
                 self.inner.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
                 self.inner.update(1)
+                self._scale = (event.scale, event.iteration, event.n_iters)
 
         return callback
 
+    def _close_scale(self):
+        """A scale that stopped early (RefineConfig.early_stop): say so and complete its part of the bar."""
+        if self._scale is not None and self._scale[1] < self._scale[2]:
+            scale, used, n_iters = self._scale
+            self._write(f"scale {scale + 1}: stopped early after {used} of {n_iters} iterations")
+            self.inner.update(n_iters - used)
+        self._scale = None
+
     def end_item(self):
         if self.inner is not None:
+            self._close_scale()
             self.inner.close()
             self.inner = None
 
@@ -463,12 +483,56 @@ class Reporter:
                 bar.close()
         self.inner = self.outer = None
 
+    def report(self, item: Item, info):
+        """The refinement report of one image (stdout)."""
+        print(f"{item.output}: {format_report(info)}")
+
     def summary(self):
         if self.quiet and not self.failures:
             return
         print(f"{self.done} done, {len(self.failures)} failed")
         for path, reason in self.failures:
             print(f"  {path}: {reason}")
+
+
+def format_report(info) -> str:
+    """Multi-line text of an InpaintInfo: per scale its size, iterations, losses and time."""
+    if not info.refined:
+        return "plain prediction (no refinement)"
+    lines = [f"refined at {info.work_size[1]}x{info.work_size[0]}, {len(info.scales)} scale(s)"]
+    for index, scale in enumerate(info.scales):
+        head = f"  scale {index + 1}: {scale.size[1]}x{scale.size[0]}, {scale.seconds:.1f} s"
+        if not scale.refined:
+            lines.append(head + ", plain forward pass")
+            continue
+        curve = " ".join(f"{loss:.4f}" for loss in scale.losses.mean(axis=1))
+        lines.append(f"{head}, {scale.iterations} iterations, loss {curve}")
+    return "\n".join(lines)
+
+
+def report_plot(info, path: Path) -> None:
+    """Save the loss curve of every refined scale as a PNG (matplotlib, written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for index, scale in enumerate(info.scales):
+        if scale.refined:
+            ax.plot(range(1, scale.iterations + 1), scale.losses.mean(axis=1), marker="o",
+                    label=f"scale {index + 1} ({scale.size[1]}x{scale.size[0]}, {scale.seconds:.1f} s)")
+    ax.set_xlabel("forward pass")
+    ax.set_ylabel("refinement loss")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -562,6 +626,11 @@ def run_inpaint(args) -> int:
             shared_mask = open_image(shared_mask_path)
         except ItemError as e:
             raise UsageError(str(e)) from None
+    if args.report_plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--report-plot needs matplotlib (pip install matplotlib)") from None
     if args.compilation_cache:
         enable_compilation_cache(args.compilation_cache)
     model = None
@@ -581,8 +650,8 @@ def run_inpaint(args) -> int:
                 image = open_image(item.image)
                 mask = shared_mask if item.mask is None else open_image(item.mask)
                 try:
-                    result = inpaint(image, mask, model, refine=args.refine, config=config,
-                                     progress=reporter.progress_callback())
+                    result, info = inpaint(image, mask, model, refine=args.refine, config=config,
+                                           progress=reporter.progress_callback(), return_info=True)
                 except ValueError as e:  # size mismatch, unsupported image kind
                     raise ItemError(item.image, str(e)) from None
                 except Exception as e:  # e.g. out of memory on a huge image: skip it, go on
@@ -599,6 +668,13 @@ def run_inpaint(args) -> int:
                 continue
             reporter.end_item()
             reporter.succeeded(item, time.perf_counter() - start)
+            if args.report:
+                reporter.report(item, info)
+            if args.report_plot and info.scales:
+                try:
+                    report_plot(info, item.output.with_name(item.output.name + ".report.png"))
+                except OSError as e:
+                    reporter.failed(item.output, f"cannot write the report plot: {e}")
     finally:
         reporter.close()
     reporter.summary()

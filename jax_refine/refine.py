@@ -6,8 +6,9 @@ forward pass; at each finer scale z = front(image, mask) is optimised with Adam 
 rear(z), blurred and halved, matches the previous scale's result inside the (eroded) hole
 and the image outside it. n_iters forward passes and n_iters - 1 Adam steps per scale.
 
-Each scale is one `jax.jit` program (`_refine_program`) whose iterations run in
-`lax.fori_loop` carrying (z, optimizer state). Weights are arguments, not constants, and
+Each scale is one `jax.jit` program (`_refine_program`) whose iterations run in a
+`lax.while_loop` carrying (z, optimizer state), bounded by n_iters and optionally stopped
+early when the loss stops improving (RefineConfig.early_stop). Weights are arguments, not constants, and
 everything that depends on the image's valid (unpadded) size is passed as data, so a
 second image of the same padded size reuses the compiled program.
 """
@@ -50,6 +51,11 @@ class RefineConfig:
       full_size_output: when the image exceeds px_budget, upscale the refined result into
         the hole of the full-resolution image, so the output has the input's size (known
         pixels unchanged). False returns the reduced-size result, as the original does.
+      early_stop: None (the original: always n_iters), or a tolerance: a scale stops as soon
+        as every image's loss improved by less than this fraction over the last
+        early_stop_window iterations, i.e. (L[i - window] - L[i]) / L[i - window] < early_stop;
+        the result is then decoded from the features of iteration i (no further step).
+      early_stop_window: iterations the improvement is measured over (>= 1).
     """
 
     n_iters: int = 15
@@ -60,15 +66,21 @@ class RefineConfig:
     modulo: int = 8
     erosion: int = 15
     full_size_output: bool = True
+    early_stop: float | None = None
+    early_stop_window: int = 3
 
     def __post_init__(self):
         problems = []
-        for name in ("n_iters", "min_side", "max_scales", "px_budget", "modulo", "erosion"):
+        for name in ("n_iters", "min_side", "max_scales", "px_budget", "modulo", "erosion", "early_stop_window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"{name} must be a positive int, got {value!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             problems.append(f"lr must be a positive number, got {self.lr!r}")
+        if self.early_stop is not None and not (
+                isinstance(self.early_stop, (int, float)) and not isinstance(self.early_stop, bool)
+                and math.isfinite(self.early_stop) and self.early_stop >= 0):
+            problems.append(f"early_stop must be None or a number >= 0, got {self.early_stop!r}")
         if isinstance(self.erosion, int) and self.erosion % 2 == 0:
             problems.append(f"erosion must be odd, got {self.erosion}")
         if isinstance(self.modulo, int) and self.modulo % 8:
@@ -160,27 +172,48 @@ def adam(lr):
 
 @partial(jax.jit, static_argnames=("graphdef", "n_iters", "erosion", "remat", "report"))
 def _refine_program(graphdef, state, image, mask, ref, down_rows, down_cols, half_rows, half_cols, lr,
-                    hook_token, *, n_iters, erosion, remat=False, report=False):
-    """One refined scale (arguments as `scale_problem`): n_iters forwards, n_iters - 1 Adam
-    steps in a fori_loop. Returns (composite (B, Hp, Wp, 3), losses (n_iters, B))."""
+                    stop_tol, stop_window, hook_token, *, n_iters, erosion, remat=False, report=False):
+    """One refined scale (arguments as `scale_problem`): at most n_iters forwards and n_iters - 1
+    Adam steps in a while_loop, stopping early once every image's relative loss improvement over
+    `stop_window` iterations is below `stop_tol` (-inf: never). Returns (composite (B, Hp, Wp, 3),
+    losses (n_iters, B), zero after the stop, forwards used (int32))."""
     z, loss_fn = scale_problem(graphdef, state, image, mask, ref, down_rows, down_cols, half_rows, half_cols,
                                erosion=erosion, remat=remat)
     tx = adam(lr)
 
-    def step(i, carry):
-        z, opt_state, losses = carry
-        (_, (per_image, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(z)
-        updates, opt_state = tx.update(grads, opt_state, z)
+    def converged(losses, i):
+        before = losses[jnp.maximum(i - stop_window, 0)]
+        gain = (before - losses[i]) / jnp.maximum(before, jnp.finfo(jnp.float32).tiny)
+        return (i >= stop_window) & jnp.all(gain < stop_tol)
+
+    def keep_going(carry):
+        i, *_, stopped = carry
+        return (i < n_iters - 1) & ~stopped
+
+    def step(carry):
+        i, z, opt_state, losses, _, _ = carry
+        (_, (per_image, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(z)
         if report:
             jax.debug.callback(_report_iteration, hook_token, i, per_image)
-        return optax.apply_updates(z, updates), opt_state, losses.at[i].set(per_image)
+        losses = losses.at[i].set(per_image)
+        stopped = converged(losses, i)
+        updates, opt_state = tx.update(grads, opt_state, z)
+        # on a stop, z stays at this iteration's features, whose prediction is `pred`
+        z = jax.tree.map(lambda new, old: jnp.where(stopped, old, new), optax.apply_updates(z, updates), z)
+        return i + 1, z, opt_state, losses, pred, stopped
 
     losses = jnp.zeros((n_iters, image.shape[0]), jnp.float32)
-    z, _, losses = jax.lax.fori_loop(0, n_iters - 1, step, (z, tx.init(z), losses))
-    _, (per_image, pred) = loss_fn(z)
-    if report:
-        jax.debug.callback(_report_iteration, hook_token, n_iters - 1, per_image)
-    return mask * pred + (1 - mask) * image, losses.at[n_iters - 1].set(per_image)
+    carry = (jnp.int32(0), z, tx.init(z), losses, jnp.zeros_like(image), jnp.bool_(False))
+    i, z, _, losses, pred, stopped = jax.lax.while_loop(keep_going, step, carry)
+
+    def last_forward():
+        _, (per_image, pred) = loss_fn(z)
+        if report:
+            jax.debug.callback(_report_iteration, hook_token, n_iters - 1, per_image)
+        return pred, losses.at[n_iters - 1].set(per_image), jnp.int32(n_iters)
+
+    pred, losses, used = jax.lax.cond(stopped, lambda: (pred, losses, i), last_forward)
+    return mask * pred + (1 - mask) * image, losses, used
 
 
 # Progress inside compiled loops: the program calls one fixed function with a token (a traced
@@ -238,8 +271,9 @@ class ScaleInfo:
     size: tuple[int, int]         # (h, w) of this scale
     padded_size: tuple[int, int]  # (Hp, Wp) the network ran at
     refined: bool                 # False for the coarsest scale (a plain forward pass)
-    losses: np.ndarray            # (n_iters, B) loss per iteration and image; empty if not refined
+    losses: np.ndarray            # (iterations, B) loss per forward pass and image; empty if not refined
     seconds: float
+    iterations: int = 0           # forward passes run (n_iters unless stopped early; 1 for the coarsest)
 
 
 def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfig = RefineConfig(), *,
@@ -284,14 +318,17 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
         start = time.perf_counter()
         if index == 0:
             out, _ = _predict_program(graphdef, state, image_p, mask_p)
+            info.iterations = 1
         else:
             with _registered(on_iteration) as token:
-                out, losses = _refine_program(
+                out, losses, used = _refine_program(
                     graphdef, state, image_p, mask_p, *scale_operands(result, (lh, lw), (hp, wp)),
-                    jnp.float32(config.lr), token, n_iters=config.n_iters, erosion=config.erosion, remat=remat,
-                    report=on_iteration is not None)
+                    jnp.float32(config.lr), jnp.float32(-np.inf if config.early_stop is None else config.early_stop),
+                    jnp.int32(config.early_stop_window), token, n_iters=config.n_iters, erosion=config.erosion,
+                    remat=remat, report=on_iteration is not None)
                 out = jax.block_until_ready(out)
-            info.losses = np.asarray(losses)
+            info.iterations = int(used)
+            info.losses = np.asarray(losses)[:info.iterations]
         result = np.asarray(out)[:, :lh, :lw]
         info.seconds = time.perf_counter() - start
         infos.append(info)

@@ -262,3 +262,23 @@ def test_scripts_in_a_subprocess(tmp_path, tiny_checkpoint, pairs):
     assert "1 done, 0 failed" in done.stdout
     assert_known_pixels_kept(tmp_path / "y.png", *pairs["coffee"])
     assert any((tmp_path / "cache").iterdir())
+
+
+def test_report_and_early_stop(tmp_path, tiny_checkpoint, pairs, capsys):
+    image, mask = pairs["coffee"]
+    image.save(tmp_path / "photo.png")
+    mask.save(tmp_path / "photo_mask.png")
+    out = tmp_path / "filled.png"
+    # early stop 1.0 with a window of 1: every iteration "improves by less than 100 %", so the
+    # refined scale stops at its first check, after 2 forward passes
+    assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", out, "--min-side", 32,
+               "--n-iters", 5, "--early-stop", 1.0, "--early-stop-window", 1, "--report",
+               *inpaint_args(tiny_checkpoint)) == 0
+    text = capsys.readouterr().out
+    assert f"{out}: refined at 80x64, 2 scale(s)" in text
+    assert "scale 1: 40x32" in text and "plain forward pass" in text
+    assert "scale 2: 80x64" in text and "2 iterations, loss " in text
+    assert_known_pixels_kept(out, image, mask)
+    assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", tmp_path / "x.png",
+               "--early-stop", -1, *inpaint_args(tiny_checkpoint)) == cli.EXIT_USAGE
+    assert "--early-stop must be None or a number >= 0" in capsys.readouterr().err

@@ -226,3 +226,43 @@ def test_invalid_refine_config_is_refused():
         RefineConfig(erosion=14)
     with pytest.raises(ValueError, match="lr must be a positive number"):
         RefineConfig(lr=float("nan"))
+    with pytest.raises(ValueError, match="early_stop must be None or a number >= 0"):
+        RefineConfig(early_stop=-0.1)
+    with pytest.raises(ValueError, match="early_stop_window must be a positive int"):
+        RefineConfig(early_stop_window=0)
+
+
+# ---------------------------------------------------------------------------- early stopping
+
+
+def _first_stop(losses, tol, window):
+    """The iteration at which the early-stopping rule fires on a known loss curve, or None."""
+    for i in range(window, len(losses) - 1):
+        if (losses[i - window] - losses[i]) / losses[i - window] < tol:
+            return i
+    return None
+
+
+@pytest.mark.parametrize("tol", [2e-2, 5e-2])
+def test_early_stop_fires_where_the_rule_says_and_equals_a_shorter_run(tiny_model, tol):
+    image, mask = load_golden_image("chelsea_240x296")
+    base = RefineConfig(min_side=100, n_iters=12)
+    _, full = refine_lib.refine(tiny_model, image[None], _binary(mask), base)
+    curve = full[-1].losses[:, 0]
+    stop = _first_stop(curve, tol, window=2)
+    assert stop is not None and stop < 11, curve  # the case must exercise the rule
+    out, scales = refine_lib.refine(tiny_model, image[None], _binary(mask),
+                                    RefineConfig(min_side=100, n_iters=12, early_stop=tol, early_stop_window=2))
+    assert scales[-1].iterations == stop + 1 and scales[0].iterations == 1
+    np.testing.assert_array_equal(scales[-1].losses[:, 0], curve[:stop + 1])
+    # stopping after forward `stop` decodes the same features as a run with stop + 1 forwards
+    shorter, _ = refine_lib.refine(tiny_model, image[None], _binary(mask), RefineConfig(min_side=100, n_iters=stop + 1))
+    np.testing.assert_allclose(out, shorter, atol=1e-6)
+
+
+def test_early_stop_is_bounded_by_n_iters_and_window(tiny_model):
+    image, mask = load_golden_image("chelsea_240x296")
+    run = lambda **kw: refine_lib.refine(tiny_model, image[None], _binary(mask), RefineConfig(min_side=100, **kw))[1][-1]
+    assert run(n_iters=5, early_stop=0.0).iterations == 5  # the loss keeps decreasing: never stops
+    assert run(n_iters=5, early_stop=1.0, early_stop_window=3).iterations == 4  # first check at iteration 3
+    assert run(n_iters=3, early_stop=1.0, early_stop_window=3).iterations == 3  # the window is longer than the run
