@@ -16,6 +16,7 @@ from .api import InpaintInfo as InpaintInfo
 from .api import Progress as Progress
 from .api import default_model as default_model
 from .api import enable_compilation_cache as enable_compilation_cache
+from .api import estimate as estimate
 from .api import inpaint as inpaint
 from .convert import convert as convert
 from .convert import load as load
@@ -26,11 +27,12 @@ from .model import BIG_LAMA as BIG_LAMA
 from .model import TINY_LAMA as TINY_LAMA
 from .model import Lama as Lama
 from .model import LamaConfig as LamaConfig
+from .refine import MemoryEstimate as MemoryEstimate
 from .refine import RefineConfig as RefineConfig
 from .refine import ScaleInfo as ScaleInfo
 
 __all__ = [
-    "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "Lama", "LamaConfig", "Progress",
+    "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "Lama", "LamaConfig", "MemoryEstimate", "Progress",
     "RefineConfig", "ScaleInfo", "UnsafePickleError", "convert", "default_model", "enable_compilation_cache",
-    "inpaint", "load", "save",
+    "estimate", "inpaint", "load", "save",
 ]

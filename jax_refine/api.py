@@ -19,7 +19,7 @@ from . import pyramid
 from . import refine as refine_lib
 from .convert import load
 from .model import Lama
-from .refine import RefineConfig, ScaleInfo
+from .refine import MemoryEstimate, RefineConfig, ScaleInfo
 
 # The default model ships in the repository's weights/default; a wheel installs that folder as
 # jax_refine/weights/default (pyproject's package-dir), a source checkout reads it in place.
@@ -178,6 +178,17 @@ def enable_compilation_cache(path: str | os.PathLike) -> Path:
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     return path
+
+
+def estimate(image_size: tuple[int, int], model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
+             config: RefineConfig = RefineConfig(), batch: int = 1) -> MemoryEstimate:
+    """Expected peak memory of `inpaint` on `batch` images of `image_size` (height, width) on the
+    current backend, without running it (each scale's program is compiled; see MemoryEstimate).
+    `print(estimate(...))` gives a one-line summary."""
+    h, w = image_size
+    if min(h, w, batch) < 1:
+        raise ValueError(f"image_size and batch must be positive, got {image_size} and {batch}")
+    return refine_lib.estimate_memory(resolve_model(model), int(h), int(w), batch=batch, refine=refine, config=config)
 
 
 # --------------------------------------------------------------------------------------

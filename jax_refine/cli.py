@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--compilation-cache", metavar="DIR",
                          help="persistent JAX compilation cache directory: later runs skip compiling "
                               "(trusted: do not use a directory others can write)")
+    inpaint.add_argument("--dry-run", action="store_true",
+                         help="print each image's expected peak memory (jax_refine.estimate) and write nothing")
     inpaint.add_argument("--report", action="store_true",
                          help="print a refinement report per image: size, iterations, loss curve and time per scale")
     inpaint.add_argument("--report-plot", action="store_true",
@@ -619,7 +621,8 @@ def run_inpaint(args) -> int:
 
     config = refine_config_from_args(args)
     items, shared_mask_path, mode = _plan(args)
-    check_outputs(items, args.overwrite, extra_inputs=[shared_mask_path] if shared_mask_path else [])
+    if not args.dry_run:
+        check_outputs(items, args.overwrite, extra_inputs=[shared_mask_path] if shared_mask_path else [])
     shared_mask = None
     if shared_mask_path is not None:
         try:
@@ -639,6 +642,8 @@ def run_inpaint(args) -> int:
         if args.refine and config.modulo % model.config.modulo:
             raise UsageError(f"--modulo {config.modulo} must be a multiple of the model's {model.config.modulo}")
 
+    if args.dry_run:
+        return dry_run(items, model, args.refine, config)
     reporter = Reporter(len(items), quiet=args.quiet, outer_bar=mode != "single")
     try:
         for item in items:
@@ -679,6 +684,29 @@ def run_inpaint(args) -> int:
         reporter.close()
     reporter.summary()
     return EXIT_FAILED if reporter.failures else EXIT_OK
+
+
+def dry_run(items: list[Item], model, refine: bool, config: RefineConfig) -> int:
+    """Print the expected peak memory of every item (one compilation per distinct size)."""
+    from PIL import ImageOps
+
+    from .api import estimate
+
+    by_size, failed = {}, 0
+    for item in items:
+        try:
+            if item.problem is not None:
+                raise ItemError(item.name, item.problem)
+            image = ImageOps.exif_transpose(open_image(item.image))  # the size inpaint will see
+            size = (image.height, image.width)
+        except ItemError as e:
+            failed += 1
+            print(f"failed: {e.path}: {e.reason}", file=sys.stderr)
+            continue
+        if size not in by_size:
+            by_size[size] = estimate(size, model, refine=refine, config=config)
+        print(f"{item.image}: {size[1]}x{size[0]}: {by_size[size]}")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

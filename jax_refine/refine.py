@@ -16,9 +16,11 @@ second image of the same padded size reuses the compiled program.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import dataclasses
+import itertools
 import math
+import os
+import sys
 from collections.abc import Callable
 from functools import partial
 
@@ -109,6 +111,16 @@ def scale_sizes(h: int, w: int, config: RefineConfig) -> list[tuple[int, int]]:
     for _ in range(n - 1):
         sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
     return sizes[::-1]
+
+
+def plan_scales(h: int, w: int, config: RefineConfig, model_modulo: int = 8):
+    """[((h, w), (Hp, Wp), refined)] per scale, coarsest first, for an (h, w) image: what
+    `refine` runs (after the px_budget resize)."""
+    if model_modulo > config.modulo or config.modulo % model_modulo:
+        raise ValueError(f"RefineConfig.modulo={config.modulo} must be a multiple of the model's {model_modulo}")
+    sizes = scale_sizes(*budget_size(h, w, config.px_budget), config)
+    return [((sh, sw), (padded(sh, config.modulo), padded(sw, config.modulo)), index > 0)
+            for index, (sh, sw) in enumerate(sizes)]
 
 
 def padded(n: int, modulo: int) -> int:
@@ -289,14 +301,13 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
     """
     import time
 
-    if model.config.modulo > config.modulo or config.modulo % model.config.modulo:
-        raise ValueError(f"RefineConfig.modulo={config.modulo} must be a multiple of the model's {model.config.modulo}")
-    h, w = budget_size(image.shape[1], image.shape[2], config.px_budget)
+    plan = plan_scales(image.shape[1], image.shape[2], config, model.config.modulo)
+    h, w = plan[-1][0]
     if (h, w) != image.shape[1:3]:
         image = np.asarray(pyramid.resize(image, h, w))
         mask = np.asarray(pyramid.round_up(pyramid.resize(mask, h, w)))
     levels = [(image, mask)]
-    for size in scale_sizes(h, w, config)[::-1][1:]:
+    for size, _, _ in plan[::-1][1:]:
         prev_image, prev_mask = levels[-1]
         rows = pyramid.pyr_down_matrix(prev_image.shape[1]).astype(np.float32)
         cols = pyramid.pyr_down_matrix(prev_image.shape[2]).astype(np.float32)
@@ -307,16 +318,15 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
 
     graphdef, state = _split(model)
     infos, result = [], None
-    for index, (level_image, level_mask) in enumerate(levels):
+    for index, ((level_image, level_mask), (_, (hp, wp), refined)) in enumerate(zip(levels, plan)):
         lh, lw = level_image.shape[1:3]
-        hp, wp = padded(lh, config.modulo), padded(lw, config.modulo)
         image_p = _pad(level_image, hp, wp, "reflect")
         mask_p = pyramid.round_up(_pad(level_mask, hp, wp, "reflect"))
-        info = ScaleInfo((lh, lw), (hp, wp), index > 0, np.zeros((0, image.shape[0]), np.float32), 0.0)
+        info = ScaleInfo((lh, lw), (hp, wp), refined, np.zeros((0, image.shape[0]), np.float32), 0.0)
         if on_scale is not None:
             on_scale(index, len(levels), info)
         start = time.perf_counter()
-        if index == 0:
+        if not refined:
             out, _ = _predict_program(graphdef, state, image_p, mask_p)
             info.iterations = 1
         else:
@@ -346,3 +356,84 @@ def scale_operands(ref: np.ndarray, size, padded_size):
     return (_pad(ref, hp // 2, wp // 2, "constant"),
             batched(pyramid.pyr_down_matrix(h), hp // 2, hp), batched(pyramid.pyr_down_matrix(w), wp // 2, wp),
             batched(pyramid.resize_matrix(h, h // 2), hp // 2, hp), batched(pyramid.resize_matrix(w, w // 2), wp // 2, wp))
+
+
+# --------------------------------------------------------------------------------------
+# Memory estimate
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class MemoryEstimate:
+    """Expected peak memory of one inpaint/refine call, from XLA's own buffer assignment.
+
+    On CPU all of it is host memory and `peak_bytes` is the process's expected peak resident
+    set (`baseline_bytes`, what is resident now: interpreter, libraries, loaded weights, plus
+    the largest program's working set and the host-side images). On GPU/TPU `peak_bytes` is
+    device memory: the weights plus the largest program's working set.
+    """
+
+    backend: str
+    peak_bytes: int
+    baseline_bytes: int        # resident now (CPU) / the weights (accelerators)
+    program_bytes: int         # largest program: XLA temporaries + outputs + non-weight arguments
+    host_bytes: int            # image pyramid, padded copies and results on the host
+    scales: list[tuple[tuple[int, int], int]]  # (padded size, program bytes) per scale
+
+    def __str__(self):
+        gib = 2.0**30
+        return (f"{self.peak_bytes / gib:.2f} GiB peak on {self.backend} "
+                f"(resident now {self.baseline_bytes / gib:.2f}, program {self.program_bytes / gib:.2f}, "
+                f"host images {self.host_bytes / gib:.2f})")
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: the peak so far is an upper bound
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def estimate_memory(model: Lama, height: int, width: int, *, batch: int = 1, refine: bool = True,
+                    config: RefineConfig = RefineConfig(), remat: bool = False) -> MemoryEstimate:
+    """Peak memory of `refine` (or, with refine=False, `predict`) on `batch` images of height x
+    width, without running it: each scale's program is compiled (XLA's compilation cache makes
+    the real call's compilation cheap afterwards) and its buffer assignment read."""
+    graphdef, state = _split(model)
+    weights = sum(x.nbytes for x in jax.tree.leaves(state))
+    f32 = jnp.float32
+
+    def spec(*shape):
+        return jax.ShapeDtypeStruct(shape, f32)
+
+    def program_bytes(lowered):
+        stats = lowered.compile().memory_analysis()
+        if stats is None:
+            raise RuntimeError(f"the {jax.default_backend()} backend reports no memory statistics")
+        return stats.temp_size_in_bytes + stats.output_size_in_bytes + stats.argument_size_in_bytes - weights
+
+    scales, pixels = [], 0
+    plan = plan_scales(height, width, config, model.config.modulo) if refine else \
+        [((height, width), (padded(height, model.config.modulo), padded(width, model.config.modulo)), False)]
+    for (h, w), (hp, wp), refined in plan:
+        pixels += (h * w + hp * wp) * batch
+        if refined:
+            ref = spec(batch, hp // 2, wp // 2, 3)
+            lowered = _refine_program.lower(
+                graphdef, state, spec(batch, hp, wp, 3), spec(batch, hp, wp, 1), ref,
+                spec(batch, hp // 2, hp), spec(batch, wp // 2, wp), spec(batch, hp // 2, hp), spec(batch, wp // 2, wp),
+                f32(0), f32(0), jnp.int32(1), jnp.int32(0), n_iters=config.n_iters, erosion=config.erosion,
+                remat=remat, report=True)
+        else:
+            lowered = _predict_program.lower(graphdef, state, spec(batch, hp, wp, 3), spec(batch, hp, wp, 1))
+        scales.append(((hp, wp), program_bytes(lowered)))
+    # float32 RGB + mask per level and padded copy, plus the caller's input, result and output
+    host = 16 * pixels + 3 * 16 * height * width * batch
+    program = max(b for _, b in scales)
+    if jax.default_backend() == "cpu":
+        baseline = _resident_bytes()
+        return MemoryEstimate("cpu", baseline + program + host, baseline, program, host, scales)
+    return MemoryEstimate(jax.default_backend(), weights + program, weights, program, host, scales)

@@ -282,3 +282,15 @@ def test_report_and_early_stop(tmp_path, tiny_checkpoint, pairs, capsys):
     assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", tmp_path / "x.png",
                "--early-stop", -1, *inpaint_args(tiny_checkpoint)) == cli.EXIT_USAGE
     assert "--early-stop must be None or a number >= 0" in capsys.readouterr().err
+
+
+def test_dry_run_estimates_and_writes_nothing(tmp_path, tiny_checkpoint, pairs, capsys):
+    image, mask = pairs["coffee"]
+    image.save(tmp_path / "photo.png")
+    mask.save(tmp_path / "photo_mask.png")
+    out = tmp_path / "filled.png"
+    assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", out, "--dry-run",
+               "--min-side", 32, *inpaint_args(tiny_checkpoint)) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{tmp_path / 'photo.png'}: 80x64: ") and " GiB peak on cpu" in line
+    assert not out.exists() and not leftovers(tmp_path)

@@ -266,3 +266,19 @@ def test_early_stop_is_bounded_by_n_iters_and_window(tiny_model):
     assert run(n_iters=5, early_stop=0.0).iterations == 5  # the loss keeps decreasing: never stops
     assert run(n_iters=5, early_stop=1.0, early_stop_window=3).iterations == 4  # first check at iteration 3
     assert run(n_iters=3, early_stop=1.0, early_stop_window=3).iterations == 3  # the window is longer than the run
+
+
+# ---------------------------------------------------------------------------- memory estimate
+
+
+def test_memory_estimate_reads_xla_buffer_sizes(tiny_model):
+    config = RefineConfig(min_side=64, n_iters=3)
+    est = refine_lib.estimate_memory(tiny_model, 150, 200, config=config)
+    assert [size for size, _ in est.scales] == [(80, 104), (152, 200)]
+    assert est.backend == "cpu" and est.peak_bytes == est.baseline_bytes + est.program_bytes + est.host_bytes
+    # the refined scale's program holds at least its activations: z and the rear's output
+    z_bytes = 152 // 8 * 200 // 8 * sum(tiny_model.config.z_channels) * 4
+    assert est.scales[1][1] > z_bytes + 152 * 200 * 3 * 4
+    assert est.scales[1][1] > est.scales[0][1]  # the backward pass needs more than a forward
+    plain = refine_lib.estimate_memory(tiny_model, 150, 200, refine=False, config=config)
+    assert [size for size, _ in plain.scales] == [(152, 200)] and plain.program_bytes < est.program_bytes
