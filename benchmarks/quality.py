@@ -16,6 +16,7 @@ on its long side, with one thin, one medium and one thick LaMa stroke mask each
               (min_side 512, px_budget 1.8 MP; the fill is upscaled above the budget)
   refine-<R>  the same with min_side = --train-res, so the coarsest scale is near the
               resolution the model was trained at (more scales)
+  refine[-<R>]-es<T>  (with --methods only) the same with RefineConfig(early_stop=T)
   telea       OpenCV's cv2.inpaint(..., 3, cv2.INPAINT_TELEA), the classical baseline
 
 Metrics on the hole pixels against the photo: PSNR (dB), SSIM (Wang et al. 2004, 11x11
@@ -38,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -141,6 +143,18 @@ def down_up(image, hole, model, train_res):
     return np.where(hole[..., None], up, image)
 
 
+def refine_config(name: str):
+    """The RefineConfig of a method name 'refine[-MINSIDE][-esTOL]' (e.g. refine-256-es0.01), or None."""
+    match = re.fullmatch(r"refine(?:-(\d+))?(?:-es([0-9.]+))?", name)
+    if match is None:
+        return None
+    import jax_refine
+
+    min_side, tol = match.groups()
+    return jax_refine.RefineConfig(min_side=int(min_side) if min_side else 512,
+                                   early_stop=float(tol) if tol else None)
+
+
 def run_method(name, image, hole, model, train_res):
     if name == "telea":
         import cv2
@@ -153,11 +167,10 @@ def run_method(name, image, hole, model, train_res):
         return jax_refine.inpaint(image, hole, model, refine=False)
     if name == "down-up":
         return down_up(image, hole, model, train_res)
-    if name == "refine":
-        return jax_refine.inpaint(image, hole, model)
-    if name == f"refine-{train_res}":
-        return jax_refine.inpaint(image, hole, model, config=jax_refine.RefineConfig(min_side=train_res))
-    raise ValueError(f"unknown method {name!r}")
+    config = refine_config(name)
+    if config is None:
+        raise ValueError(f"unknown method {name!r}")
+    return jax_refine.inpaint(image, hole, model, config=config)
 
 
 def worker(args) -> None:
