@@ -294,3 +294,26 @@ def test_dry_run_estimates_and_writes_nothing(tmp_path, tiny_checkpoint, pairs, 
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{tmp_path / 'photo.png'}: 80x64: ") and " GiB peak on cpu" in line
     assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_report_plot_needs_matplotlib(tmp_path, tiny_checkpoint, pairs, capsys, monkeypatch):
+    image, mask = pairs["coffee"]
+    image.save(tmp_path / "photo.png")
+    mask.save(tmp_path / "photo_mask.png")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", tmp_path / "out.png",
+               "--report-plot", *inpaint_args(tiny_checkpoint)) == cli.EXIT_USAGE
+    assert "--report-plot needs matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_report_plot_is_written_beside_the_output(tmp_path, tiny_checkpoint, pairs):
+    pytest.importorskip("matplotlib")  # a test dependency; optional for users
+    image, mask = pairs["coffee"]
+    image.save(tmp_path / "photo.png")
+    mask.save(tmp_path / "photo_mask.png")
+    assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", tmp_path / "out.png",
+               "--min-side", 32, "--n-iters", 3, "--report-plot", "-q", *inpaint_args(tiny_checkpoint)) == 0
+    with Image.open(tmp_path / "out.png.report.png") as plot:
+        assert plot.format == "PNG" and plot.width > 200
+    assert not leftovers(tmp_path)
