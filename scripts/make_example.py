@@ -6,8 +6,9 @@
 The photo is mate-backgrounds' nature/Dune.jpg (1680 x 1050, GPL-2+, see examples/README.md),
 held out from training (data/manifest.json), resized (Lanczos) to 1024 px on its long side so
 that the README's command runs in well under a minute on 2 CPU cores, saved as PNG; the mask
-is LaMa's 'thick' kind (jax_refine.masks) drawn with a fixed seed. Running it again rewrites
-the same files.
+is an object-removal mask: round-ended strokes over three seed heads of the grass against the
+sea and sky (the quality study uses LaMa's random stroke masks instead). Running it again
+rewrites the same files.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from jax_refine.masks import random_mask, save_mask_png
+from jax_refine.masks import save_mask_png
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = "mate-backgrounds/Dune"
-MASK_SEED = 3
 LONG_SIDE = 1024
+# (x0, y0, x1, y1, width) in pixels of the 1024 x 640 photo: three seed heads
+STROKES = [(703, 96, 622, 255, 30), (832, 148, 772, 272, 28), (924, 148, 832, 290, 30)]
 
 
 def main() -> None:
@@ -42,7 +44,13 @@ def main() -> None:
     name = PHOTO.split("/")[-1].lower()
     args.out.mkdir(parents=True, exist_ok=True)
     photo.save(args.out / f"{name}.png", optimize=True)
-    mask = random_mask(np.random.default_rng(MASK_SEED), photo.height, photo.width, "thick")
+    mask = Image.new("L", photo.size, 0)
+    draw = ImageDraw.Draw(mask)
+    for x0, y0, x1, y1, width in STROKES:
+        draw.line((x0, y0, x1, y1), fill=255, width=width)
+        for x, y in ((x0, y0), (x1, y1)):
+            draw.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=255)
+    mask = np.asarray(mask) > 0
     save_mask_png(mask, args.out / f"{name}_mask.png")
     print(f"wrote {args.out / name}.png and {name}_mask.png ({photo.width}x{photo.height}, "
           f"hole {mask.mean():.1%}) from {entry['path']} (sha256 {entry['sha256'][:12]}…)")
