@@ -383,7 +383,8 @@ class MemoryEstimate:
     def __str__(self):
         gib = 2.0**30
         return (f"{self.peak_bytes / gib:.2f} GiB peak on {self.backend} "
-                f"(resident now {self.baseline_bytes / gib:.2f}, program {self.program_bytes / gib:.2f}, "
+                f"({'resident now' if self.backend == 'cpu' else 'weights'} {self.baseline_bytes / gib:.2f}, "
+                f"program {self.program_bytes / gib:.2f}, "
                 f"host images {self.host_bytes / gib:.2f})")
 
 
