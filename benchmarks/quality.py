@@ -16,7 +16,9 @@ on its long side, with one thin, one medium and one thick LaMa stroke mask each
               (min_side 512, px_budget 1.8 MP; the fill is upscaled above the budget)
   refine-<R>  the same with min_side = --train-res, so the coarsest scale is near the
               resolution the model was trained at (more scales)
-  refine[-<R>]-es<T>  (with --methods only) the same with RefineConfig(early_stop=T)
+  refine[-<R>][-adaptive][-es<T>]  (options, with --methods only) the same with
+              RefineConfig(scale_schedule="adaptive") and/or RefineConfig(early_stop=T);
+              compared case by case with refine[-<R>] in a second table
   telea       OpenCV's cv2.inpaint(..., 3, cv2.INPAINT_TELEA), the classical baseline
 
 Metrics on the hole pixels against the photo: PSNR (dB), SSIM (Wang et al. 2004, 11x11
@@ -54,6 +56,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SIZES = (1024, 2048)
 KINDS = ("thin", "medium", "thick")
 BEGIN, END = "<!-- quality-table:begin -->", "<!-- quality-table:end -->"
+OPTIONS_BEGIN, OPTIONS_END = "<!-- options-table:begin -->", "<!-- options-table:end -->"
+OPTION_NAME = re.compile(r"(refine(?:-\d+)?)((?:-adaptive)?(?:-es[0-9.]+)?)")
 
 
 def methods(train_res: int) -> list[str]:
@@ -144,33 +148,37 @@ def down_up(image, hole, model, train_res):
 
 
 def refine_config(name: str):
-    """The RefineConfig of a method name 'refine[-MINSIDE][-esTOL]' (e.g. refine-256-es0.01), or None."""
-    match = re.fullmatch(r"refine(?:-(\d+))?(?:-es([0-9.]+))?", name)
+    """The RefineConfig of a method name 'refine[-MINSIDE][-adaptive][-esTOL]' (e.g.
+    refine-256-es0.01), or None."""
+    match = re.fullmatch(r"refine(?:-(\d+))?(-adaptive)?(?:-es([0-9.]+))?", name)
     if match is None:
         return None
     import jax_refine
 
-    min_side, tol = match.groups()
+    min_side, adaptive, tol = match.groups()
     return jax_refine.RefineConfig(min_side=int(min_side) if min_side else 512,
+                                   scale_schedule="adaptive" if adaptive else "halving",
                                    early_stop=float(tol) if tol else None)
 
 
-def run_method(name, image, hole, model, train_res):
+def run_method(name, image, hole, model, train_res) -> tuple[np.ndarray, dict]:
+    """(result uint8, extra fields of the record: forward passes per scale for refinement)."""
     if name == "telea":
         import cv2
 
         bgr = np.ascontiguousarray(image[..., ::-1])
-        return cv2.inpaint(bgr, hole.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)[..., ::-1]
+        return cv2.inpaint(bgr, hole.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)[..., ::-1], {}
     import jax_refine
 
     if name == "plain":
-        return jax_refine.inpaint(image, hole, model, refine=False)
+        return jax_refine.inpaint(image, hole, model, refine=False), {}
     if name == "down-up":
-        return down_up(image, hole, model, train_res)
+        return down_up(image, hole, model, train_res), {}
     config = refine_config(name)
     if config is None:
         raise ValueError(f"unknown method {name!r}")
-    return jax_refine.inpaint(image, hole, model, config=config)
+    result, info = jax_refine.inpaint(image, hole, model, config=config, return_info=True)
+    return result, dict(iterations=[s.iterations for s in info.scales])
 
 
 def worker(args) -> None:
@@ -198,7 +206,8 @@ def worker(args) -> None:
                 continue
             image, hole = case_inputs(args.data, photo, args.size, kind)
             compile_before, start = compile_s["s"], time.perf_counter()
-            result = np.asarray(run_method(args.method, image, hole, model, args.train_res))
+            result, extra = run_method(args.method, image, hole, model, args.train_res)
+            result = np.asarray(result)
             wall = time.perf_counter() - start
             compiled = compile_s["s"] - compile_before
             assert result.shape == image.shape and result.dtype == np.uint8
@@ -208,7 +217,7 @@ def worker(args) -> None:
             record = dict(method=args.method, size=args.size, photo=photo["name"], kind=kind,
                           shape=list(image.shape[:2]), hole_fraction=round(float(hole.mean()), 4),
                           seconds=round(wall - compiled, 2), compile_seconds=round(compiled, 2),
-                          **{k: round(v, 5) for k, v in hole_metrics(result, image, hole).items()})
+                          **{k: round(v, 5) for k, v in hole_metrics(result, image, hole).items()}, **extra)
             append_result(args.out, record)
             print(json.dumps(record), flush=True)
     append_result(args.out, dict(method=args.method, size=args.size, group="peak_rss",
@@ -258,6 +267,36 @@ def table(records: list[dict], method_names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def options_table(records: list[dict]) -> str:
+    """Each option method (adaptive scales, early stopping) against its refine[-R] baseline,
+    on the cases both ran: mean and worst PSNR change, SSIM change, time and forward passes."""
+    cases = {(r["method"], r["size"], r["photo"], r["kind"]): r for r in records if "group" not in r}
+    options = sorted({m for m, *_ in cases if (match := OPTION_NAME.fullmatch(m)) and match.group(2)})
+    lines = ["| size | mask | option | baseline | cases | ΔPSNR dB mean (worst) | ΔSSIM | time option / baseline | "
+             "forwards option / baseline |", "|---|---|---|---|---|---|---|---|---|"]
+    for size in sorted({size for _, size, *_ in cases}):
+        for option in options:
+            baseline = OPTION_NAME.fullmatch(option).group(1)
+            for kind in KINDS + ("all",):
+                pairs = [(r, cases[(baseline, *key[1:])]) for key, r in cases.items()
+                         if key[0] == option and key[1] == size and kind in (key[3], "all")
+                         and (baseline, *key[1:]) in cases]
+                if not pairs:
+                    continue
+                d_psnr = [o["psnr"] - b["psnr"] for o, b in pairs]
+                d_ssim = np.mean([o["ssim"] - b["ssim"] for o, b in pairs])
+                time_ratio = sum(o["seconds"] for o, _ in pairs) / sum(b["seconds"] for _, b in pairs)
+                # a baseline refines every scale but the coarsest n_iters (15) times; options keep the count
+                forwards = [(sum(o["iterations"]), sum(b.get("iterations", [1] + [15] * (len(o["iterations"]) - 1))))
+                            for o, b in pairs]
+                forward_ratio = sum(f for f, _ in forwards) / sum(f for _, f in forwards)
+                label = f"**{kind}**" if kind == "all" else kind
+                lines.append(f"| {size} | {label} | {option} | {baseline} | {len(pairs)} | "
+                             f"{np.mean(d_psnr):+.2f} ({min(d_psnr):+.2f}) | "
+                             f"{d_ssim:+.4f} | {time_ratio:.2f} | {forward_ratio:.2f} |")
+    return "\n".join(lines)
+
+
 def figure(args, method_names: list[str], cases: list[tuple[str, int, str]], path: Path, tile: int = 256) -> None:
     """Rows = cases, columns = photo, input, each method: crops around the largest hole area."""
     from PIL import ImageDraw
@@ -288,13 +327,13 @@ def figure(args, method_names: list[str], cases: list[tuple[str, int, str]], pat
     grid.save(path)
 
 
-def write_quality_md(table_md: str, path: Path) -> None:
-    text = path.read_text() if path.exists() else f"# Quality study\n\n{BEGIN}\n{END}\n"
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path} lacks the markers {BEGIN} / {END}")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{table_md}\n{END}{tail}")
+def write_between_markers(table_md: str, path: Path, begin: str = BEGIN, end: str = END) -> None:
+    text = path.read_text() if path.exists() else f"# Quality study\n\n{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path} lacks the markers {begin} / {end}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{table_md}\n{end}{tail}")
 
 
 def main() -> None:
@@ -330,13 +369,16 @@ def main() -> None:
                 print(f"== {method} at {size} px", flush=True)
                 subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     records = read_results(args.out)
-    table_md = table(records, names)
-    print(table_md)
-    write_quality_md(table_md, args.quality_md)
+    main_methods = methods(args.train_res)
+    table_md, options_md = table(records, main_methods), options_table(records)
+    print(table_md, options_md, sep="\n\n")
+    write_between_markers(table_md, args.quality_md)
+    if OPTIONS_BEGIN in args.quality_md.read_text():
+        write_between_markers(options_md, args.quality_md, OPTIONS_BEGIN, OPTIONS_END)
     cases = [(p["name"].split("/")[-1], size, kind) for p in heldout_photos(args.data, args.photos)
              for size, kind in [(max(SIZES), "thick")]]
-    if all((args.out / "fills" / str(s) / f"{p}_{k}_{m}.png").exists() for p, s, k in cases for m in names):
-        figure(args, names, cases, args.out / "crops.png")
+    if all((args.out / "fills" / str(s) / f"{p}_{k}_{m}.png").exists() for p, s, k in cases for m in main_methods):
+        figure(args, main_methods, cases, args.out / "crops.png")
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copy(args.out / "crops.png", ROOT / "docs" / "quality_crops.png")
 

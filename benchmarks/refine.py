@@ -122,7 +122,7 @@ def run_python_loop(args):
     hp = refine_lib.padded(args.size, config.modulo)
     image_p = refine_lib._pad(image[None], hp, hp, "reflect")
     mask_p = np.asarray(jax_refine.pyramid.round_up(refine_lib._pad(mask[None, ..., None], hp, hp, "reflect")))
-    operands = refine_lib.scale_operands(ref, (args.size, args.size), (hp, hp))
+    operands = refine_lib.scale_operands(ref, refine_lib.ScalePlan((args.size,) * 2, (hp, hp), True, 1.0), config.modulo)
     tx = refine_lib.adam(config.lr)
 
     @jax.jit

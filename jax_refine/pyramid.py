@@ -12,6 +12,8 @@ program serve every image of the same padded size: the valid size is data, not s
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -21,8 +23,16 @@ ANY_HOLE = 1e-8          # a pixel with mask >= this counts as hole (pyramid mas
 FULL_HOLE = 1.0 - 1e-8   # ... and >= this as fully hole (the loss mask rounds down)
 EROSION_SIZE = 15
 
-_GAUSS = np.exp(-0.5 * np.arange(-2, 3, dtype=np.float64) ** 2)
-GAUSS_5 = _GAUSS / _GAUSS.sum()  # [0.0545, 0.2442, 0.4026, 0.2442, 0.0545]
+
+
+def gaussian_taps(sigma: float) -> np.ndarray:
+    """Normalised Gaussian taps over [-ceil(2 sigma), ceil(2 sigma)] (float64)."""
+    x = np.arange(-math.ceil(2 * sigma), math.ceil(2 * sigma) + 1, dtype=np.float64)
+    taps = np.exp(-0.5 * (x / sigma) ** 2)
+    return taps / taps.sum()
+
+
+GAUSS_5 = gaussian_taps(1.0)  # LaMa's kernel: [0.0545, 0.2442, 0.4026, 0.2442, 0.0545]
 
 
 # --------------------------------------------------------------------------------------
@@ -47,12 +57,15 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return out
 
 
-def blur_matrix(n: int) -> np.ndarray:
-    """(n, n) 5-tap Gaussian (sigma 1) with reflect border (edge sample not repeated); n >= 3."""
-    if n < 3:
-        raise ValueError(f"the 5x5 Gaussian blur needs at least 3 pixels per side, got {n}")
+def blur_matrix(n: int, sigma: float = 1.0) -> np.ndarray:
+    """(n, n) Gaussian blur with reflect border (edge sample not repeated); sigma 1 is LaMa's
+    5-tap kernel. Needs n > ceil(2 sigma) (3 pixels for sigma 1)."""
+    taps = gaussian_taps(sigma)
+    radius = len(taps) // 2
+    if n <= radius:
+        raise ValueError(f"a Gaussian blur with sigma {sigma:g} needs at least {radius + 1} pixels per side, got {n}")
     out = np.zeros((n, n))
-    for offset, weight in zip(range(-2, 3), GAUSS_5):
+    for offset, weight in zip(range(-radius, radius + 1), taps):
         src = np.abs(np.arange(n) + offset)               # reflect at 0
         src = np.where(src > n - 1, 2 * (n - 1) - src, src)  # reflect at n-1
         np.add.at(out, (np.arange(n), src), weight)
@@ -67,9 +80,10 @@ def embed(matrix: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return out
 
 
-def pyr_down_matrix(n: int) -> np.ndarray:
-    """(n // 2, n): LaMa's `_pyrdown` along one axis: blur, then bilinear to n // 2."""
-    return resize_matrix(n, n // 2) @ blur_matrix(n)
+def pyr_down_matrix(n: int, n_out: int | None = None, sigma: float = 1.0) -> np.ndarray:
+    """(n_out, n): blur, then bilinear to n_out (default n // 2). With the defaults this is
+    LaMa's `_pyrdown` along one axis; other steps (adaptive scales) use sigma = factor / 2."""
+    return resize_matrix(n, n // 2 if n_out is None else n_out) @ blur_matrix(n, sigma)
 
 
 def apply_separable(x: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:

@@ -22,6 +22,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from typing import NamedTuple
 from functools import partial
 
 import jax
@@ -34,6 +35,9 @@ from . import pyramid
 from .model import Lama
 
 
+SCALE_SCHEDULES = ("halving", "adaptive")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RefineConfig:
     """Refinement settings; the defaults are LaMa's (configs/prediction/default.yaml).
@@ -44,6 +48,13 @@ class RefineConfig:
       lr: Adam learning rate (betas 0.9/0.999, eps 1e-8, fresh state per scale).
       min_side, max_scales: number of scales = min(1 + round(log2(min(h, w) / min_side)),
         max_scales), at least 1. With one scale, refinement is a plain forward pass.
+      scale_schedule: how the scales are spaced. "halving" (the original): each scale is half
+        the next, so the coarsest one's short side is within a factor sqrt(2) of min_side (or
+        larger when max_scales caps the count). "adaptive": the same number of scales, the
+        coarsest one's short side exactly min_side (the resolution the model works best at) and
+        the steps growing towards full resolution, each covering twice the log-scale of the
+        one before (512 -> 2048 in 3 scales: 512, 813, 2048 instead of 512, 1024, 2048). A step
+        by a factor f blurs with sigma f / 2 before the bilinear resize (LaMa's sigma 1 at f = 2).
       px_budget: largest h * w refined; bigger images are first resized (bilinear) to fit.
       modulo: each scale is reflect-padded at the bottom/right to a multiple of this.
       erosion: side of the elliptical structuring element that shrinks the hole for the
@@ -70,6 +81,7 @@ class RefineConfig:
     full_size_output: bool = True
     early_stop: float | None = None
     early_stop_window: int = 3
+    scale_schedule: str = "halving"
 
     def __post_init__(self):
         problems = []
@@ -83,6 +95,8 @@ class RefineConfig:
                 isinstance(self.early_stop, (int, float)) and not isinstance(self.early_stop, bool)
                 and math.isfinite(self.early_stop) and self.early_stop >= 0):
             problems.append(f"early_stop must be None or a number >= 0, got {self.early_stop!r}")
+        if self.scale_schedule not in SCALE_SCHEDULES:
+            problems.append(f"scale_schedule must be one of {', '.join(SCALE_SCHEDULES)}, got {self.scale_schedule!r}")
         if isinstance(self.erosion, int) and self.erosion % 2 == 0:
             problems.append(f"erosion must be odd, got {self.erosion}")
         if isinstance(self.modulo, int) and self.modulo % 8:
@@ -106,21 +120,48 @@ def budget_size(h: int, w: int, px_budget: int) -> tuple[int, int]:
 
 def scale_sizes(h: int, w: int, config: RefineConfig) -> list[tuple[int, int]]:
     """Pyramid sizes from coarsest to finest for an image already within px_budget."""
-    n = min(1 + int(round(max(0.0, float(np.log2(min(h, w) / config.min_side))))), config.max_scales)
-    sizes = [(h, w)]
-    for _ in range(n - 1):
-        sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
-    return sizes[::-1]
+    octaves = max(0.0, float(np.log2(min(h, w) / config.min_side)))
+    n = min(1 + int(round(octaves)), config.max_scales)
+    if config.scale_schedule == "halving":
+        sizes = [(h, w)]
+        for _ in range(n - 1):
+            sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
+        return sizes[::-1]
+    # adaptive: log-scale positions 0 .. octaves with steps 1, 2, 4, ... (normalised)
+    steps = 2.0 ** np.arange(n - 1)
+    position = np.concatenate([[0.0], np.cumsum(steps)]) / max(steps.sum(), 1.0)
+    factors = 2.0 ** (octaves * (position - 1.0))  # of the full size; 1 for the last
+    return [(max(1, round(h * f)), max(1, round(w * f))) for f in factors[:-1]] + [(h, w)]
 
 
-def plan_scales(h: int, w: int, config: RefineConfig, model_modulo: int = 8):
-    """[((h, w), (Hp, Wp), refined)] per scale, coarsest first, for an (h, w) image: what
-    `refine` runs (after the px_budget resize)."""
+class ScalePlan(NamedTuple):
+    """One scale of a refinement: its size, the padded size the network runs at, whether it
+    is refined (all but the coarsest), and the blur sigma of the step down to the previous scale."""
+
+    size: tuple[int, int]
+    padded_size: tuple[int, int]
+    refined: bool
+    down_sigma: float
+
+
+def plan_scales(h: int, w: int, config: RefineConfig, model_modulo: int = 8) -> list[ScalePlan]:
+    """The scales `refine` runs for an (h, w) image (after the px_budget resize), coarsest first."""
     if model_modulo > config.modulo or config.modulo % model_modulo:
         raise ValueError(f"RefineConfig.modulo={config.modulo} must be a multiple of the model's {model_modulo}")
     sizes = scale_sizes(*budget_size(h, w, config.px_budget), config)
-    return [((sh, sw), (padded(sh, config.modulo), padded(sw, config.modulo)), index > 0)
-            for index, (sh, sw) in enumerate(sizes)]
+    plan = []
+    for index, (sh, sw) in enumerate(sizes):
+        # halving: LaMa's sigma 1; adaptive: half the step's factor
+        sigma = 1.0 if config.scale_schedule == "halving" or index == 0 else min(sh, sw) / min(sizes[index - 1]) / 2
+        plan.append(ScalePlan((sh, sw), (padded(sh, config.modulo), padded(sw, config.modulo)), index > 0, sigma))
+    return plan
+
+
+def reference_frame(padded_size: tuple[int, int], previous_size: tuple[int, int], modulo: int) -> tuple[int, int]:
+    """Array size holding the previous scale's result inside a refined scale's program:
+    half the padded size when the previous scale fits in it (always for halving, so images of
+    one padded size share a program), else the previous scale's own padded size."""
+    return tuple(full // 2 if prev <= full // 2 else padded(prev, modulo) for full, prev in zip(padded_size, previous_size))
 
 
 def padded(n: int, modulo: int) -> int:
@@ -155,9 +196,10 @@ def scale_problem(graphdef, state, image, mask, ref, down_rows, down_cols, half_
                   erosion, remat=False):
     """The optimisation problem of one refined scale, as pure functions (trace inside jit).
 
-    image (B, Hp, Wp, 3) reflect-padded; mask (B, Hp, Wp, 1) binary; ref (B, Hp/2, Wp/2, 3)
-    the previous scale's result, zero-padded; down_* (B, Hp/2, Hp) / (B, Wp/2, Wp) blur +
-    bilinear halving of the valid region; half_* the same without blur (for the mask).
+    image (B, Hp, Wp, 3) reflect-padded; mask (B, Hp, Wp, 1) binary; ref (B, Hr, Wr, 3) the
+    previous scale's result, zero-padded (`reference_frame`, Hp/2 x Wp/2 when halving);
+    down_* (B, Hr, Hp) / (B, Wr, Wp) blur + bilinear resize of the valid region to the
+    previous scale's size; half_* the same without blur (for the mask).
     Returns (z0, loss_fn) with loss_fn(z) -> (summed loss, (loss per image (B,), prediction)).
     """
     model = nnx.merge(graphdef, state)
@@ -302,24 +344,23 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
     import time
 
     plan = plan_scales(image.shape[1], image.shape[2], config, model.config.modulo)
-    h, w = plan[-1][0]
+    h, w = plan[-1].size
     if (h, w) != image.shape[1:3]:
         image = np.asarray(pyramid.resize(image, h, w))
         mask = np.asarray(pyramid.round_up(pyramid.resize(mask, h, w)))
     levels = [(image, mask)]
-    for size, _, _ in plan[::-1][1:]:
-        prev_image, prev_mask = levels[-1]
-        rows = pyramid.pyr_down_matrix(prev_image.shape[1]).astype(np.float32)
-        cols = pyramid.pyr_down_matrix(prev_image.shape[2]).astype(np.float32)
-        assert (rows.shape[0], cols.shape[0]) == size
-        levels.append((np.asarray(pyramid.apply_separable(jnp.asarray(prev_image), rows, cols)),
-                       np.asarray(pyramid.round_up(pyramid.apply_separable(jnp.asarray(prev_mask), rows, cols)))))
+    for finer, coarser in zip(plan[::-1], plan[::-1][1:]):  # each level from the next finer one
+        rows, cols = (pyramid.pyr_down_matrix(n, n_out, finer.down_sigma).astype(np.float32)
+                      for n, n_out in zip(finer.size, coarser.size))
+        prev_image, prev_mask = (jnp.asarray(x) for x in levels[-1])
+        levels.append((np.asarray(pyramid.apply_separable(prev_image, rows, cols)),
+                       np.asarray(pyramid.round_up(pyramid.apply_separable(prev_mask, rows, cols)))))
     levels = levels[::-1]
 
     graphdef, state = _split(model)
     infos, result = [], None
-    for index, ((level_image, level_mask), (_, (hp, wp), refined)) in enumerate(zip(levels, plan)):
-        lh, lw = level_image.shape[1:3]
+    for index, ((level_image, level_mask), scale) in enumerate(zip(levels, plan)):
+        (lh, lw), (hp, wp), refined = scale.size, scale.padded_size, scale.refined
         image_p = _pad(level_image, hp, wp, "reflect")
         mask_p = pyramid.round_up(_pad(level_mask, hp, wp, "reflect"))
         info = ScaleInfo((lh, lw), (hp, wp), refined, np.zeros((0, image.shape[0]), np.float32), 0.0)
@@ -332,7 +373,7 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
         else:
             with _registered(on_iteration) as token:
                 out, losses, used = _refine_program(
-                    graphdef, state, image_p, mask_p, *scale_operands(result, (lh, lw), (hp, wp)),
+                    graphdef, state, image_p, mask_p, *scale_operands(result, scale, config.modulo),
                     jnp.float32(config.lr), jnp.float32(-np.inf if config.early_stop is None else config.early_stop),
                     jnp.int32(config.early_stop_window), token, n_iters=config.n_iters, erosion=config.erosion,
                     remat=remat, report=on_iteration is not None)
@@ -345,17 +386,19 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
     return result, infos
 
 
-def scale_operands(ref: np.ndarray, size, padded_size):
-    """(ref, down_rows, down_cols, half_rows, half_cols) of `scale_problem` for a scale of valid
-    `size` (h, w) padded to `padded_size`; ref (B, h // 2, w // 2, 3) is the previous result."""
-    (h, w), (hp, wp), batch = size, padded_size, ref.shape[0]
+def scale_operands(ref: np.ndarray, scale: ScalePlan, modulo: int):
+    """(ref, down_rows, down_cols, half_rows, half_cols) of `scale_problem` for a refined
+    `scale`; ref (B, h', w', 3) is the previous scale's result."""
+    frame = reference_frame(scale.padded_size, ref.shape[1:3], modulo)
 
     def batched(matrix, rows, cols):
-        return np.broadcast_to(pyramid.embed(matrix, rows, cols), (batch, rows, cols))
+        return np.broadcast_to(pyramid.embed(matrix, rows, cols), (ref.shape[0], rows, cols))
 
-    return (_pad(ref, hp // 2, wp // 2, "constant"),
-            batched(pyramid.pyr_down_matrix(h), hp // 2, hp), batched(pyramid.pyr_down_matrix(w), wp // 2, wp),
-            batched(pyramid.resize_matrix(h, h // 2), hp // 2, hp), batched(pyramid.resize_matrix(w, w // 2), wp // 2, wp))
+    down = [batched(pyramid.pyr_down_matrix(n, n_out, scale.down_sigma), rows, cols)
+            for n, n_out, rows, cols in zip(scale.size, ref.shape[1:3], frame, scale.padded_size)]
+    half = [batched(pyramid.resize_matrix(n, n_out), rows, cols)
+            for n, n_out, rows, cols in zip(scale.size, ref.shape[1:3], frame, scale.padded_size)]
+    return (_pad(ref, *frame, "constant"), *down, *half)
 
 
 # --------------------------------------------------------------------------------------
@@ -417,15 +460,15 @@ def estimate_memory(model: Lama, height: int, width: int, *, batch: int = 1, ref
         return stats.temp_size_in_bytes + stats.output_size_in_bytes + stats.argument_size_in_bytes - weights
 
     scales, pixels = [], 0
-    plan = plan_scales(height, width, config, model.config.modulo) if refine else \
-        [((height, width), (padded(height, model.config.modulo), padded(width, model.config.modulo)), False)]
-    for (h, w), (hp, wp), refined in plan:
+    plan = plan_scales(height, width, config, model.config.modulo) if refine else [ScalePlan(
+        (height, width), (padded(height, model.config.modulo), padded(width, model.config.modulo)), False, 1.0)]
+    for previous, ((h, w), (hp, wp), refined, _) in zip([None] + plan, plan):
         pixels += (h * w + hp * wp) * batch
         if refined:
-            ref = spec(batch, hp // 2, wp // 2, 3)
+            hr, wr = reference_frame((hp, wp), previous.size, config.modulo)
             lowered = _refine_program.lower(
-                graphdef, state, spec(batch, hp, wp, 3), spec(batch, hp, wp, 1), ref,
-                spec(batch, hp // 2, hp), spec(batch, wp // 2, wp), spec(batch, hp // 2, hp), spec(batch, wp // 2, wp),
+                graphdef, state, spec(batch, hp, wp, 3), spec(batch, hp, wp, 1), spec(batch, hr, wr, 3),
+                spec(batch, hr, hp), spec(batch, wr, wp), spec(batch, hr, hp), spec(batch, wr, wp),
                 f32(0), f32(0), jnp.int32(1), jnp.int32(0), n_iters=config.n_iters, erosion=config.erosion,
                 remat=remat, report=True)
         else:

@@ -10,7 +10,7 @@ from jax_refine import RefineConfig, inpaint
 from jax_refine import pyramid
 from jax_refine import refine as refine_lib
 
-from conftest import GOLDEN_REFINE, load_golden_case, load_golden_image
+from conftest import GOLDEN, GOLDEN_REFINE, load_golden_case, load_golden_image
 
 # Achieved on this CPU (jaxlib 0.10.2, YNN fusions off): losses within 1.9e-5 of the original's,
 # images within mean 8e-4. Adam normalises each feature's gradient, so float-level differences in
@@ -102,6 +102,63 @@ def test_scale_plan_follows_the_original():
     assert refine_lib.scale_sizes(1449, 1500, RefineConfig(px_budget=10**7)) == [(362, 375), (724, 750), (1449, 1500)]
     assert refine_lib.budget_size(1080, 1920, c.px_budget) == (1006, 1788)
     assert refine_lib.budget_size(3000, 4000, c.px_budget) == (1161, 1549)
+
+
+def test_adaptive_schedule_spaces_the_same_number_of_scales_from_min_side():
+    big = dict(px_budget=10**8)
+    sizes = refine_lib.scale_sizes(2048, 2048, RefineConfig(scale_schedule="adaptive", **big))
+    assert sizes == [(512, 512), (813, 813), (2048, 2048)]  # 2 octaves in steps of 2/3 and 4/3
+    assert refine_lib.scale_sizes(1060, 1697, RefineConfig(min_side=256, scale_schedule="adaptive", **big)) == \
+        [(256, 410), (411, 658), (1060, 1697)]
+    # two scales: coarsest exactly at min_side (halving gives 362 x 500)
+    assert refine_lib.scale_sizes(725, 1000, RefineConfig(scale_schedule="adaptive")) == [(512, 706), (725, 1000)]
+    assert refine_lib.scale_sizes(724, 1000, RefineConfig(scale_schedule="adaptive")) == [(724, 1000)]
+    plan = refine_lib.plan_scales(2048, 2048, RefineConfig(scale_schedule="adaptive", **big))
+    assert [round(s.down_sigma, 4) for s in plan] == [1.0, round(813 / 512 / 2, 4), round(2048 / 813 / 2, 4)]
+    assert [s.down_sigma for s in refine_lib.plan_scales(2048, 2048, RefineConfig(**big))] == [1.0] * 3
+    with pytest.raises(ValueError, match="scale_schedule must be one of halving, adaptive"):
+        RefineConfig(scale_schedule="octave")
+
+
+@pytest.mark.parametrize("sigma", [0.7, 1.0, 1.6])
+def test_blur_matrix_of_any_sigma_is_its_definition(sigma):
+    radius = int(np.ceil(2 * sigma))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    x = np.random.default_rng(5).uniform(size=(11, 3))
+    xp = np.pad(x, ((radius, radius), (0, 0)), mode="reflect")
+    expected = sum(t * xp[i : i + 11] for i, t in enumerate(taps / taps.sum()))
+    np.testing.assert_allclose(pyramid.blur_matrix(11, sigma) @ x, expected, atol=1e-12)
+    with pytest.raises(ValueError, match="needs at least 5 pixels per side, got 4"):
+        pyramid.blur_matrix(4, 1.6)
+
+
+def test_adaptive_refinement_matches_the_torch_reference(tiny_model):
+    """Three adaptive scales (the middle step < 2x, so the previous result needs its own padded
+    frame) against the PyTorch reference run with the same schedule."""
+    torch = pytest.importorskip("torch")
+    from reference import lama_torch as ref
+
+    image, mask = load_golden_image("coffee_300x400")
+    config = RefineConfig(min_side=64, n_iters=4, scale_schedule="adaptive")
+    out, scales = refine_lib.refine(tiny_model, image[None], _binary(mask), config)
+    assert [s.size for s in scales] == [(64, 85), (107, 143), (300, 400)]
+    assert scales[2].padded_size == (304, 400) and scales[1].padded_size == (112, 144)
+    assert refine_lib.reference_frame(scales[2].padded_size, scales[1].size, 8) == (152, 200)
+    assert refine_lib.reference_frame(scales[1].padded_size, scales[0].size, 8) == (64, 88)  # 64 > 112 // 2
+    torch_model = ref.FFCResNetGenerator(ngf=8, n_downsampling=3, n_blocks=2)
+    torch_model.load_state_dict(ref.load_golden_state_dict(GOLDEN / "tinylama.ckpt"), strict=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected, info = ref.refine(torch_model.eval(), image, _binary(mask)[0, ..., 0], min_side=64, n_iters=4,
+                                    scale_schedule="adaptive")
+    finally:
+        torch.set_num_threads(threads)
+    assert [tuple(i["orig_hw"]) for i in info] == [s.size for s in scales]
+    for ours, theirs in zip(scales[1:], info[1:]):
+        np.testing.assert_allclose(ours.losses[:, 0], theirs["losses"], rtol=0, atol=3e-5)
+    diff = np.abs(out[0] - expected)
+    assert diff.mean() <= 1e-3 and diff.max() <= 2e-2
 
 
 def test_ellipse_is_opencv_morph_ellipse():

@@ -20,7 +20,7 @@ API
   prediction path.
 - ``refine(model, image_hwc, mask_hw, *, modulo, n_iters, lr, min_side, max_scales,
   px_budget) -> (out_hwc, info)``: LaMa's multi-scale feature refinement.
-- Building blocks re-used by tests: ``gaussian_blur5``, ``pyrdown``, ``pyrdown_mask``,
+- Building blocks re-used by tests: ``gaussian_blur``, ``pyrdown``, ``pyrdown_mask``,
   ``erode_mask``, ``ellipse_kernel``, ``pad_to_modulo_symmetric``,
   ``pad_tensor_to_modulo_reflect``, ``image_mask_pyramid``, ``n_scales_for``.
 """
@@ -47,7 +47,8 @@ __all__ = [
     "load_golden_state_dict",
     "predict",
     "refine",
-    "gaussian_blur5",
+    "gaussian_blur",
+    "adaptive_sizes",
     "pyrdown",
     "pyrdown_mask",
     "erode_mask",
@@ -401,29 +402,32 @@ def predict(model: nn.Module, image_hwc: np.ndarray, mask_hw: np.ndarray, modulo
 # --------------------------------------------------------------------------------------
 
 
-def _gaussian_kernel2d(device, dtype=torch.float32) -> torch.Tensor:
-    x = torch.arange(5, dtype=torch.float32) - 2
-    g = torch.exp(-(x**2) / 2.0)
+def _gaussian_kernel2d(device, dtype=torch.float32, sigma: float = 1.0) -> torch.Tensor:
+    r = math.ceil(2 * sigma)
+    x = torch.arange(2 * r + 1, dtype=torch.float32) - r
+    g = torch.exp(-(x**2) / (2.0 * sigma**2))
     g = g / g.sum()
     return torch.matmul(g.unsqueeze(-1), g.unsqueeze(-1).t()).to(device=device, dtype=dtype)
 
 
-def gaussian_blur5(x: torch.Tensor) -> torch.Tensor:
-    """5x5 Gaussian, sigma 1, reflect border (pad 2), depthwise. x: (B, C, H, W)."""
+def gaussian_blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """Gaussian over [-ceil(2 sigma), ceil(2 sigma)] (LaMa's 5x5 for sigma 1), reflect border,
+    depthwise. x: (B, C, H, W)."""
     b, c, h, w = x.shape
-    k = _gaussian_kernel2d(x.device, x.dtype)[None, None].expand(1, c, 5, 5).reshape(c, 1, 5, 5)
-    xp = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    r = math.ceil(2 * sigma)
+    k = _gaussian_kernel2d(x.device, x.dtype, sigma)[None, None].expand(1, c, 2 * r + 1, 2 * r + 1)
+    xp = F.pad(x, (r, r, r, r), mode="reflect")
     xp = xp.view(-1, c, xp.shape[-2], xp.shape[-1])
-    return F.conv2d(xp, k, groups=c).view(b, c, h, w)
+    return F.conv2d(xp, k.reshape(c, 1, 2 * r + 1, 2 * r + 1), groups=c).view(b, c, h, w)
 
 
 def _bilinear(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def pyrdown(img: torch.Tensor, size=None) -> torch.Tensor:
+def pyrdown(img: torch.Tensor, size=None, sigma: float = 1.0) -> torch.Tensor:
     size = size or (img.shape[2] // 2, img.shape[3] // 2)
-    return _bilinear(gaussian_blur5(img), size)
+    return _bilinear(gaussian_blur(img, sigma), size)
 
 
 def _binarise(m: torch.Tensor, thr: float) -> torch.Tensor:
@@ -433,11 +437,11 @@ def _binarise(m: torch.Tensor, thr: float) -> torch.Tensor:
     return m
 
 
-def pyrdown_mask(mask: torch.Tensor, size=None, blur: bool = True, round_up: bool = True):
+def pyrdown_mask(mask: torch.Tensor, size=None, blur: bool = True, round_up: bool = True, sigma: float = 1.0):
     """(Blur +) bilinear to half size, then >= 1e-8 (round up) or >= 1-1e-8 (round down)."""
     size = size or (mask.shape[2] // 2, mask.shape[3] // 2)
     if blur:
-        mask = gaussian_blur5(mask)
+        mask = gaussian_blur(mask, sigma)
     mask = _bilinear(mask, size)
     return _binarise(mask, EPS if round_up else 1.0 - EPS)
 
@@ -480,8 +484,24 @@ def n_scales_for(h: int, w: int, min_side: int, max_scales: int) -> int:
     return min(1 + int(round(max(0.0, float(np.log2(breadth / min_side))))), max_scales)
 
 
-def image_mask_pyramid(image: torch.Tensor, mask: torch.Tensor, min_side, max_scales, px_budget):
-    """Coarse-to-fine lists of (1,3,h,w) images and (1,1,h,w) masks (spec §6.3)."""
+def adaptive_sizes(h: int, w: int, min_side: int, max_scales: int) -> list[tuple[int, int]]:
+    """jax-refine's "adaptive" schedule (not in LaMa): as many scales as halving, the coarsest
+    short side = min_side, log-scale steps in the ratio 1 : 2 : 4 ..., coarse to fine."""
+    n = n_scales_for(h, w, min_side, max_scales)
+    octaves = max(0.0, math.log2(min(h, w) / min_side))
+    total = 2 ** (n - 1) - 1
+    sizes = []
+    for k in range(n - 1):
+        position = (2**k - 1) / total  # steps 1, 2, 4, ... before scale k
+        f = 2.0 ** (octaves * (position - 1.0))
+        sizes.append((max(1, round(h * f)), max(1, round(w * f))))
+    return sizes + [(h, w)]
+
+
+def image_mask_pyramid(image: torch.Tensor, mask: torch.Tensor, min_side, max_scales, px_budget,
+                       schedule: str = "halving"):
+    """Coarse-to-fine lists of (1,3,h,w) images and (1,1,h,w) masks (spec §6.3), and the blur
+    sigma of each level's step down to the previous one."""
     h, w = image.shape[2:]
     if h * w > px_budget:
         ratio = np.sqrt(px_budget / float(h * w))
@@ -490,11 +510,17 @@ def image_mask_pyramid(image: torch.Tensor, mask: torch.Tensor, min_side, max_sc
         mask = _bilinear(mask, (h, w))
         mask[mask > EPS] = 1.0
     n_scales = n_scales_for(h, w, min_side, max_scales)
-    images, masks = [image], [mask]
-    for _ in range(n_scales - 1):
-        images.append(pyrdown(images[-1]))
-        masks.append(pyrdown_mask(masks[-1]))
-    return images[::-1], masks[::-1]
+    images, masks, sigmas = [image], [mask], []
+    sizes = adaptive_sizes(h, w, min_side, max_scales)[::-1] if schedule == "adaptive" else None
+    for k in range(n_scales - 1):
+        if sizes is None:
+            size, sigma = None, 1.0
+        else:
+            size, sigma = sizes[k + 1], min(sizes[k]) / min(sizes[k + 1]) / 2
+        images.append(pyrdown(images[-1], size, sigma))
+        masks.append(pyrdown_mask(masks[-1], size, sigma=sigma))
+        sigmas.append(sigma)
+    return images[::-1], masks[::-1], [1.0] + sigmas[::-1]
 
 
 # --------------------------------------------------------------------------------------
@@ -506,7 +532,7 @@ def _masked_l1_mean(a: torch.Tensor, b: torch.Tensor, sel: torch.Tensor) -> torc
     return torch.mean(torch.abs(a[sel] - b[sel]))
 
 
-def _infer_scale(model, image, mask, ref, orig_hw, n_iters, lr, ekernel):
+def _infer_scale(model, image, mask, ref, orig_hw, n_iters, lr, ekernel, sigma=1.0):
     """One level of refinement on padded image (1,3,Hp,Wp) and binary mask (1,1,Hp,Wp)."""
     x = torch.cat([image * (1 - mask), mask], dim=1)
     mask3 = mask.repeat(1, 3, 1, 1)
@@ -526,8 +552,8 @@ def _infer_scale(model, image, mask, ref, orig_hw, n_iters, lr, ekernel):
         for i in range(n_iters):
             opt.zero_grad()
             pred = model.rear(z_l, z_g)
-            pred_low = pyrdown(pred[:, :, :h, :w])
-            mask_low = pyrdown_mask(mask3[:, :1, :h, :w], blur=False, round_up=False)
+            pred_low = pyrdown(pred[:, :, :h, :w], ref.shape[2:], sigma)
+            mask_low = pyrdown_mask(mask3[:, :1, :h, :w], ref.shape[2:], blur=False, round_up=False)
             mask_low = erode_mask(mask_low, ekernel).repeat(1, 3, 1, 1)
             loss = _masked_l1_mean(pred, image, known)
             loss = loss + _masked_l1_mean(pred_low, ref, mask_low >= EPS)
@@ -551,8 +577,12 @@ def refine(
     min_side: int = 512,
     max_scales: int = 3,
     px_budget: int = 1_800_000,
+    scale_schedule: str = "halving",
 ):
     """LaMa's multi-scale feature refinement. Returns (out_hwc, info).
+
+    ``scale_schedule="adaptive"`` spaces the scales as jax-refine's option of that name
+    (``adaptive_sizes``) instead of halving; everything else is LaMa's.
 
     ``mask_hw`` is the raw grey mask in [0, 1] (not binarised: the pyramid blurs it first).
     ``out_hwc`` has the (possibly px_budget-reduced) size of the finest level. ``info`` is a
@@ -570,28 +600,28 @@ def refine(
         for p in params:  # only z is optimised; frozen weights skip needless weight grads
             p.requires_grad_(False)
         return _refine(
-            model, image_hwc, mask_hw, modulo, n_iters, lr, min_side, max_scales, px_budget
+            model, image_hwc, mask_hw, modulo, n_iters, lr, min_side, max_scales, px_budget, scale_schedule
         )
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)
 
 
-def _refine(model, image_hwc, mask_hw, modulo, n_iters, lr, min_side, max_scales, px_budget):
+def _refine(model, image_hwc, mask_hw, modulo, n_iters, lr, min_side, max_scales, px_budget, schedule):
     device = _model_device(model)
     image = np.asarray(image_hwc, np.float32).transpose(2, 0, 1)
     image = torch.from_numpy(np.ascontiguousarray(image))[None].to(device)
     mask = torch.from_numpy(np.ascontiguousarray(np.asarray(mask_hw, np.float32)))
     mask = mask[None, None].to(device)
     ekernel = ellipse_kernel(15)
-    images, masks = image_mask_pyramid(image, mask, min_side, max_scales, px_budget)
+    images, masks, sigmas = image_mask_pyramid(image, mask, min_side, max_scales, px_budget, schedule)
     result = None
     info = []
-    for s, (img, msk) in enumerate(zip(images, masks)):
+    for s, (img, msk, sigma) in enumerate(zip(images, masks, sigmas)):
         orig_hw = tuple(img.shape[2:])
         img = pad_tensor_to_modulo_reflect(img, modulo)
         msk = _binarise(pad_tensor_to_modulo_reflect(msk, modulo), EPS)
-        out, losses = _infer_scale(model, img, msk, result, orig_hw, n_iters, lr, ekernel)
+        out, losses = _infer_scale(model, img, msk, result, orig_hw, n_iters, lr, ekernel, sigma)
         result = out[:, :, : orig_hw[0], : orig_hw[1]]
         refined = s > 0
         info.append(
