@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import __version__
 from .api import enable_compilation_cache
-from .refine import RefineConfig
+from .refine import SCALE_SCHEDULES, RefineConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -45,8 +45,11 @@ _REFINE_HELP = {
     "early_stop": "stop a scale once the loss improved by less than this fraction over --early-stop-window "
                   "iterations, e.g. 0.01 (default: off, always --n-iters)",
     "early_stop_window": "iterations the --early-stop improvement is measured over",
+    "scale_schedule": "halving: each scale half the next (LaMa); adaptive: coarsest scale at --min-side, "
+                      "steps growing towards full resolution",
 }
 _REFINE_TYPES = {"early_stop": float}  # fields whose default (None) does not give the type
+_REFINE_CHOICES = {"scale_schedule": SCALE_SCHEDULES}
 
 
 class UsageError(Exception):
@@ -59,11 +62,6 @@ class ItemError(Exception):
     def __init__(self, path, reason):
         super().__init__(f"{path}: {reason}")
         self.path, self.reason = path, reason
-
-
-# --------------------------------------------------------------------------------------
-# The compilation cache
-# --------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------
@@ -157,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kind = _REFINE_TYPES.get(field.name, type(default))
             text = _REFINE_HELP.get(field.name, f"RefineConfig.{field.name}")
-            refine.add_argument(option, dest=field.name, type=kind, default=default, metavar=kind.__name__.upper(),
+            choices = _REFINE_CHOICES.get(field.name)
+            refine.add_argument(option, dest=field.name, type=kind, default=default, choices=choices,
+                                metavar="{" + ",".join(choices) + "}" if choices else kind.__name__.upper(),
                                 help=text if "default:" in text else text + " (default: %(default)s)")
     return parser
 

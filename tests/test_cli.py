@@ -284,6 +284,22 @@ def test_report_and_early_stop(tmp_path, tiny_checkpoint, pairs, capsys):
     assert "--early-stop must be None or a number >= 0" in capsys.readouterr().err
 
 
+def test_adaptive_scale_schedule_option(tmp_path, tiny_checkpoint, pairs, capsys):
+    image, mask = pairs["coffee"]
+    image.save(tmp_path / "photo.png")
+    mask.save(tmp_path / "photo_mask.png")
+    out = tmp_path / "filled.png"
+    # 80x64 with min side 24: two scales; halving would make the coarse one 40x32
+    assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", out, "--min-side", 24,
+               "--n-iters", 2, "--scale-schedule", "adaptive", "--report", *inpaint_args(tiny_checkpoint)) == 0
+    text = capsys.readouterr().out
+    assert "scale 1: 30x24" in text and "scale 2: 80x64" in text
+    assert_known_pixels_kept(out, image, mask)
+    assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", tmp_path / "x.png",
+               "--scale-schedule", "octave", *inpaint_args(tiny_checkpoint)) == cli.EXIT_USAGE
+    assert "invalid choice: 'octave'" in capsys.readouterr().err
+
+
 def test_dry_run_estimates_and_writes_nothing(tmp_path, tiny_checkpoint, pairs, capsys):
     image, mask = pairs["coffee"]
     image.save(tmp_path / "photo.png")
