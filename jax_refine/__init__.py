@@ -18,6 +18,7 @@ from .api import default_model as default_model
 from .api import enable_compilation_cache as enable_compilation_cache
 from .api import estimate as estimate
 from .api import inpaint as inpaint
+from .api import inpaint_batch as inpaint_batch
 from .convert import convert as convert
 from .convert import load as load
 from .convert import save as save
@@ -34,5 +35,5 @@ from .refine import ScaleInfo as ScaleInfo
 __all__ = [
     "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "Lama", "LamaConfig", "MemoryEstimate", "Progress",
     "RefineConfig", "ScaleInfo", "UnsafePickleError", "convert", "default_model", "enable_compilation_cache",
-    "estimate", "inpaint", "load", "save",
+    "estimate", "inpaint", "inpaint_batch", "load", "save",
 ]

@@ -240,22 +240,86 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
       uint8 out, PIL in -> PIL out) and the same size (unless config.full_size_output is
       False and the image exceeds config.px_budget). Known pixels equal the input's.
     """
-    source = _image_from_pil(image) if _is_pil(image) else _image_from_array(np.asarray(image))
-    h, w = source.rgb.shape[:2]
-    hole = _hole(mask, (h, w))
-    if not hole.any():
-        result = source.restore(source.rgb, hole)
-        return (result, InpaintInfo(refine, [], (h, w))) if return_info else result
+    source = _source(image)
+    hole = _hole(mask, source.rgb.shape[:2])
+    [result], info = _inpaint_group([source], [hole], model, refine, config, progress)
+    return (result, info) if return_info else result
+
+
+def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
+                  config: RefineConfig = RefineConfig(), devices=None, batch_size: int | None = None,
+                  progress: bool | Callable[[Progress], None] | None = None, return_info: bool = False):
+    """Inpaint many images: images of the same size run together, data-parallel over devices.
+
+    Args:
+      images, masks: equal-length sequences of what `inpaint` takes (sizes may differ).
+      model, refine, config, progress: as `inpaint`.
+      devices: the devices to split each batch over (default: all of `jax.devices()`); the
+        weights are replicated, a batch is split along its image axis (jax.sharding Mesh).
+      batch_size: images per run (default: one per device); a group of same-size images is
+        cut into runs of this many, the last padded to a multiple of the device count.
+
+    Returns:
+      The results in input order (each as `inpaint` returns it), and with return_info a list
+      of `InpaintInfo`, one per image (images of one run share theirs). Each image's result
+      is the one `inpaint` gives it alone (up to float rounding of batched convolutions),
+      except that with early stopping a run stops when all its images have converged.
+    """
+    import jax
+
+    images, masks = list(images), list(masks)
+    if len(images) != len(masks):
+        raise ValueError(f"got {len(images)} images but {len(masks)} masks")
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices is empty")
+    batch_size = len(devices) if batch_size is None else batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    sources, holes = [], []
+    for index, (image, mask) in enumerate(zip(images, masks)):
+        try:
+            sources.append(_source(image))
+            holes.append(_hole(mask, sources[-1].rgb.shape[:2]))
+        except ValueError as e:
+            raise ValueError(f"image {index}: {e}") from None
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, source in enumerate(sources):
+        groups.setdefault(source.rgb.shape[:2], []).append(index)
+    results, infos = [None] * len(images), [None] * len(images)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            run = indices[start:start + batch_size]
+            outs, info = _inpaint_group([sources[i] for i in run], [holes[i] for i in run], model, refine, config,
+                                        progress, devices)
+            for i, out in zip(run, outs):
+                results[i], infos[i] = out, info
+    return (results, infos) if return_info else results
+
+
+def _source(image) -> _Image:
+    return _image_from_pil(image) if _is_pil(image) else _image_from_array(np.asarray(image))
+
+
+def _inpaint_group(sources: list[_Image], holes: list[np.ndarray], model, refine: bool, config: RefineConfig,
+                   progress, devices=None) -> tuple[list, InpaintInfo]:
+    """Inpaint same-size images in one batch; images without a hole are returned unchanged."""
+    h, w = sources[0].rgb.shape[:2]
+    results = [source.restore(source.rgb, hole) for source, hole in zip(sources, holes)]
+    todo = [i for i, hole in enumerate(holes) if hole.any()]
+    if not todo:
+        return results, InpaintInfo(refine, [], (h, w))
     model = resolve_model(model)
-    rgb = source.rgb[None]
-    hole_f = hole[None, :, :, None].astype(np.float32)
+    rgb = np.stack([sources[i].rgb for i in todo])
+    hole_f = np.stack([holes[i] for i in todo])[..., None].astype(np.float32)
     if not refine:
-        out, _ = refine_lib.predict(model, rgb, hole_f)
+        out, _ = refine_lib.predict(model, rgb, hole_f, devices=devices)
         info = InpaintInfo(False, [], (h, w))
     else:
         on_scale, on_iteration, close = _progress_hooks(progress, config)
         try:
-            out, scales = refine_lib.refine(model, rgb, hole_f, config, on_scale=on_scale, on_iteration=on_iteration)
+            out, scales = refine_lib.refine(model, rgb, hole_f, config, on_scale=on_scale, on_iteration=on_iteration,
+                                            devices=devices)
         finally:
             close()
         info = InpaintInfo(True, scales, out.shape[1:3])
@@ -264,11 +328,13 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
             if config.full_size_output:  # upscale the fill into the full-resolution image
                 out = np.asarray(pyramid.resize(out, h, w))
             else:  # the original's behaviour: the result stays at the reduced size
-                base = np.asarray(pyramid.resize(source.channels[None], oh, ow))[0]
-                result = source.restore(np.clip(out[0], 0.0, 1.0), np.ones((oh, ow), bool), base)
-                return (result, info) if return_info else result
-    result = source.restore(np.clip(out[0], 0.0, 1.0), hole)
-    return (result, info) if return_info else result
+                for k, i in enumerate(todo):
+                    base = np.asarray(pyramid.resize(sources[i].channels[None], oh, ow))[0]
+                    results[i] = sources[i].restore(np.clip(out[k], 0.0, 1.0), np.ones((oh, ow), bool), base)
+                return results, info
+    for k, i in enumerate(todo):
+        results[i] = sources[i].restore(np.clip(out[k], 0.0, 1.0), holes[i])
+    return results, info
 
 
 def _is_pil(x) -> bool:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from . import __version__
 from .api import enable_compilation_cache
-from .refine import SCALE_SCHEDULES, RefineConfig
+from .model import REMAT_POLICIES
+from .refine import COMPUTE_DTYPES, SCALE_SCHEDULES, RefineConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -47,9 +48,13 @@ _REFINE_HELP = {
     "early_stop_window": "iterations the --early-stop improvement is measured over",
     "scale_schedule": "halving: each scale half the next (LaMa); adaptive: coarsest scale at --min-side, "
                       "steps growing towards full resolution",
+    "remat": "memory policy of the backward pass: none (fastest), blocks (recompute residual blocks), "
+             "all (also the decoder; least memory)",
+    "compute_dtype": "bfloat16 runs the network in bfloat16 (less memory; for GPU/TPU) with FFTs, losses and "
+                     "Adam in float32",
 }
 _REFINE_TYPES = {"early_stop": float}  # fields whose default (None) does not give the type
-_REFINE_CHOICES = {"scale_schedule": SCALE_SCHEDULES}
+_REFINE_CHOICES = {"scale_schedule": SCALE_SCHEDULES, "remat": REMAT_POLICIES, "compute_dtype": COMPUTE_DTYPES}
 
 
 class UsageError(Exception):

@@ -25,6 +25,7 @@ from flax import nnx
 from jax import lax
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+REMAT_POLICIES = ("none", "blocks", "all")
 
 
 # --------------------------------------------------------------------------------------
@@ -364,12 +365,16 @@ class Lama(nnx.Module):
             x_l, x_g = layer(x_l, x_g)
         return x_l, x_g
 
-    def rear(self, z, *, remat: bool = False):
+    def rear(self, z, *, remat: str = "none"):
         """z -> image (B, H, W, output_nc) in (0, 1): residual blocks, decoder, sigmoid.
 
-        remat: recompute each block's activations in the backward pass (jax.checkpoint)
-          instead of storing them.
+        remat: what the backward pass recomputes (jax.checkpoint) instead of storing, one of
+          REMAT_POLICIES: "none"; "blocks", each residual block's activations (only the
+          block inputs are stored); "all", also each decoder stage's (upsampler and head),
+          the full-resolution ones being the largest.
         """
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {remat!r}")
         graphdef, block_state = nnx.split(self.blocks)
         # In training mode the blocks' BatchNorms update their running statistics; those
         # updates happen on the per-step copies made by merge, so they leave the scan as
@@ -382,16 +387,24 @@ class Lama(nnx.Module):
             z = block(z)
             return z, nnx.state(block, nnx.BatchStat) if training else None
 
-        if remat:
+        if remat != "none":
             apply_block = jax.checkpoint(apply_block)
         with _in_loop():
             z, stats = lax.scan(apply_block, tuple(z), block_state)
         if training:
             nnx.update(self.blocks, stats)
         x = jnp.concatenate(z, axis=-1)  # local channels first, then global (LaMa's ConcatTupleLayer)
+        def stage(layer, x):
+            if remat != "all":
+                return layer(x)
+            if training:
+                raise ValueError('remat="all" is for inference-mode models (BatchNorm statistics are not updated)')
+            layer_def, layer_state = nnx.split(layer)
+            return jax.checkpoint(lambda state, x: nnx.merge(layer_def, state)(x))(layer_state, x)
+
         for layer in self.up:
-            x = layer(x)
-        return jax.nn.sigmoid(self.head(x))
+            x = stage(layer, x)
+        return jax.nn.sigmoid(stage(self.head, x))
 
     def __call__(self, x):
         return self.rear(self.front(x))

@@ -32,10 +32,11 @@ import optax
 from flax import nnx
 
 from . import pyramid
-from .model import Lama
+from .model import REMAT_POLICIES, Lama
 
 
 SCALE_SCHEDULES = ("halving", "adaptive")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,6 +70,13 @@ class RefineConfig:
         early_stop_window iterations, i.e. (L[i - window] - L[i]) / L[i - window] < early_stop;
         the result is then decoded from the features of iteration i (no further step).
       early_stop_window: iterations the improvement is measured over (>= 1).
+      remat: memory policy of the refinement's backward pass (model.REMAT_POLICIES): "none"
+        stores every activation (fastest); "blocks" recomputes each residual block's; "all"
+        also each decoder stage's (least memory, one extra decoder forward per step).
+        Results are the same up to float rounding.
+      compute_dtype: "float32", or "bfloat16": the network's convolutions and activations in
+        bfloat16 (about half the activation memory; fast on GPU/TPU, slow on CPUs without
+        bfloat16 arithmetic), while the FFTs, the losses, z and Adam stay float32.
     """
 
     n_iters: int = 15
@@ -82,6 +90,8 @@ class RefineConfig:
     early_stop: float | None = None
     early_stop_window: int = 3
     scale_schedule: str = "halving"
+    remat: str = "none"
+    compute_dtype: str = "float32"
 
     def __post_init__(self):
         problems = []
@@ -95,6 +105,10 @@ class RefineConfig:
                 isinstance(self.early_stop, (int, float)) and not isinstance(self.early_stop, bool)
                 and math.isfinite(self.early_stop) and self.early_stop >= 0):
             problems.append(f"early_stop must be None or a number >= 0, got {self.early_stop!r}")
+        if self.remat not in REMAT_POLICIES:
+            problems.append(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {self.remat!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            problems.append(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
         if self.scale_schedule not in SCALE_SCHEDULES:
             problems.append(f"scale_schedule must be one of {', '.join(SCALE_SCHEDULES)}, got {self.scale_schedule!r}")
         if isinstance(self.erosion, int) and self.erosion % 2 == 0:
@@ -179,11 +193,19 @@ def _pad(x: np.ndarray, hp: int, wp: int, mode: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-@partial(jax.jit, static_argnames=("graphdef",))
-def _predict_program(graphdef, state, image, mask):
-    """image (B, Hp, Wp, 3), mask (B, Hp, Wp, 1) binary -> (composite, raw prediction)."""
-    model = nnx.merge(graphdef, state)
-    pred = model(jnp.concatenate([image * (1 - mask), mask], axis=-1))
+def _compute_model(graphdef, state, compute_dtype: str) -> Lama:
+    """The model with its floating-point weights and statistics cast to compute_dtype."""
+    dtype = jnp.dtype(compute_dtype)
+    if dtype != jnp.float32:
+        state = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+    return nnx.merge(graphdef, state)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "compute_dtype"))
+def _predict_program(graphdef, state, image, mask, *, compute_dtype="float32"):
+    """image (B, Hp, Wp, 3), mask (B, Hp, Wp, 1) binary -> (composite, raw prediction), float32."""
+    model = _compute_model(graphdef, state, compute_dtype)
+    pred = model(jnp.concatenate([image * (1 - mask), mask], axis=-1).astype(compute_dtype)).astype(jnp.float32)
     return mask * pred + (1 - mask) * image, pred
 
 
@@ -193,7 +215,7 @@ def _valid_region(rows, cols):
 
 
 def scale_problem(graphdef, state, image, mask, ref, down_rows, down_cols, half_rows, half_cols, *,
-                  erosion, remat=False):
+                  erosion, remat="none", compute_dtype="float32"):
     """The optimisation problem of one refined scale, as pure functions (trace inside jit).
 
     image (B, Hp, Wp, 3) reflect-padded; mask (B, Hp, Wp, 1) binary; ref (B, Hr, Wr, 3) the
@@ -201,22 +223,24 @@ def scale_problem(graphdef, state, image, mask, ref, down_rows, down_cols, half_
     down_* (B, Hr, Hp) / (B, Wr, Wp) blur + bilinear resize of the valid region to the
     previous scale's size; half_* the same without blur (for the mask).
     Returns (z0, loss_fn) with loss_fn(z) -> (summed loss, (loss per image (B,), prediction)).
+    z stays float32; the network runs in compute_dtype, the losses in float32.
     """
-    model = nnx.merge(graphdef, state)
+    model = _compute_model(graphdef, state, compute_dtype)
     known = 1 - mask
     valid_half = _valid_region(half_rows, half_cols).astype(jnp.float32)
     hole_half = pyramid.round_down(pyramid.apply_separable(mask, half_rows, half_cols))
     hole_half = pyramid.round_down(pyramid.erode(hole_half, valid_half, erosion))
 
     def loss_fn(z):
-        pred = model.rear(z, remat=remat)
+        pred = model.rear(jax.tree.map(lambda t: t.astype(compute_dtype), z), remat=remat).astype(jnp.float32)
         known_term = pyramid.masked_l1(pred, image, known)
         scale_term = pyramid.masked_l1(pyramid.apply_separable(pred, down_rows, down_cols), ref, hole_half)
         per_image = known_term + scale_term
         # Summing per-image losses gives each image the gradient it would get alone.
         return jnp.sum(per_image), (per_image, pred)
 
-    return model.front(jnp.concatenate([image * known, mask], axis=-1)), loss_fn
+    z0 = model.front(jnp.concatenate([image * known, mask], axis=-1).astype(compute_dtype))
+    return jax.tree.map(lambda t: t.astype(jnp.float32), z0), loss_fn
 
 
 def adam(lr):
@@ -224,15 +248,16 @@ def adam(lr):
     return optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "n_iters", "erosion", "remat", "report"))
+@partial(jax.jit, static_argnames=("graphdef", "n_iters", "erosion", "remat", "compute_dtype", "report"))
 def _refine_program(graphdef, state, image, mask, ref, down_rows, down_cols, half_rows, half_cols, lr,
-                    stop_tol, stop_window, hook_token, *, n_iters, erosion, remat=False, report=False):
+                    stop_tol, stop_window, hook_token, *, n_iters, erosion, remat="none", compute_dtype="float32",
+                    report=False):
     """One refined scale (arguments as `scale_problem`): at most n_iters forwards and n_iters - 1
     Adam steps in a while_loop, stopping early once every image's relative loss improvement over
     `stop_window` iterations is below `stop_tol` (-inf: never). Returns (composite (B, Hp, Wp, 3),
     losses (n_iters, B), zero after the stop, forwards used (int32))."""
     z, loss_fn = scale_problem(graphdef, state, image, mask, ref, down_rows, down_cols, half_rows, half_cols,
-                               erosion=erosion, remat=remat)
+                               erosion=erosion, remat=remat, compute_dtype=compute_dtype)
     tx = adam(lr)
 
     def converged(losses, i):
@@ -304,18 +329,45 @@ def _split(model: Lama):
     return nnx.split(model)
 
 
-def predict(model: Lama, image: np.ndarray, mask: np.ndarray, *, pad_mode: str = "symmetric"):
+class Placement:
+    """Where a batch runs: the default device, or data-parallel over `devices` (a 1-D Mesh
+    with axis "batch": weights replicated, every batched array split along its first axis).
+    A batch is padded to a multiple of the device count by repeating its last image."""
+
+    def __init__(self, devices=None):
+        self.devices = list(devices) if devices is not None else []
+        if len(self.devices) > 1:
+            mesh = jax.sharding.Mesh(np.asarray(self.devices), ("batch",))
+            self._batched = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+            self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        elif self.devices:
+            self._batched = self._replicated = jax.sharding.SingleDeviceSharding(self.devices[0])
+
+    def pad_batch(self, x: np.ndarray) -> np.ndarray:
+        n = max(len(self.devices), 1)
+        extra = -x.shape[0] % n
+        return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
+
+    def weights(self, state):
+        return jax.device_put(state, self._replicated) if self.devices else state
+
+    def batched(self, *arrays):
+        return tuple(jax.device_put(x, self._batched) for x in arrays) if self.devices else arrays
+
+
+def predict(model: Lama, image: np.ndarray, mask: np.ndarray, *, pad_mode: str = "symmetric", devices=None):
     """LaMa's plain prediction. image (B, H, W, 3) float32 [0, 1]; mask (B, H, W, 1) binary.
 
     Pads bottom/right to the model's modulo (numpy `pad_mode`, 'symmetric' as LaMa's dataset),
     runs the generator, composites and crops. Returns (inpainted, raw prediction), both
-    (B, H, W, 3) float32 numpy arrays.
+    (B, H, W, 3) float32 numpy arrays. devices: run data-parallel over these (`Placement`).
     """
-    h, w = image.shape[1:3]
+    (b, h, w), place = image.shape[:3], Placement(devices)
     hp, wp = padded(h, model.config.modulo), padded(w, model.config.modulo)
     graphdef, state = _split(model)
-    out, pred = _predict_program(graphdef, state, _pad(image, hp, wp, pad_mode), _pad(mask, hp, wp, pad_mode))
-    return np.asarray(out)[:, :h, :w], np.asarray(pred)[:, :h, :w]
+    out, pred = _predict_program(graphdef, place.weights(state), *place.batched(
+        _pad(place.pad_batch(image), hp, wp, pad_mode), _pad(place.pad_batch(mask), hp, wp, pad_mode)))
+    return np.asarray(out)[:b, :h, :w], np.asarray(pred)[:b, :h, :w]
 
 
 @dataclasses.dataclass
@@ -331,7 +383,7 @@ class ScaleInfo:
 
 
 def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfig = RefineConfig(), *,
-           remat: bool = False, on_scale: Callable | None = None, on_iteration: Callable | None = None):
+           on_scale: Callable | None = None, on_iteration: Callable | None = None, devices=None):
     """Multi-scale refinement of a batch of same-size images.
 
     image (B, H, W, 3) float32 [0, 1]; mask (B, H, W, 1) binary {0, 1}, 1 = hole.
@@ -340,9 +392,15 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
 
     on_scale(index, n_scales, ScaleInfo-without-results) is called before each scale;
     on_iteration(i, losses_per_image) after each iteration of a refined scale.
+    devices: run data-parallel over these (`Placement`); each image's result is the one it
+    gets alone, except that early stopping waits for every image of the batch.
     """
     import time
 
+    batch, place = image.shape[0], Placement(devices)
+    image, mask = place.pad_batch(image), place.pad_batch(mask)
+    if on_iteration is not None and image.shape[0] > batch:
+        on_iteration = partial(lambda hook, i, losses: hook(i, losses[:batch]), on_iteration)
     plan = plan_scales(image.shape[1], image.shape[2], config, model.config.modulo)
     h, w = plan[-1].size
     if (h, w) != image.shape[1:3]:
@@ -358,32 +416,34 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
     levels = levels[::-1]
 
     graphdef, state = _split(model)
+    state = place.weights(state)
     infos, result = [], None
     for index, ((level_image, level_mask), scale) in enumerate(zip(levels, plan)):
         (lh, lw), (hp, wp), refined = scale.size, scale.padded_size, scale.refined
         image_p = _pad(level_image, hp, wp, "reflect")
         mask_p = pyramid.round_up(_pad(level_mask, hp, wp, "reflect"))
-        info = ScaleInfo((lh, lw), (hp, wp), refined, np.zeros((0, image.shape[0]), np.float32), 0.0)
+        info = ScaleInfo((lh, lw), (hp, wp), refined, np.zeros((0, batch), np.float32), 0.0)
         if on_scale is not None:
             on_scale(index, len(levels), info)
         start = time.perf_counter()
         if not refined:
-            out, _ = _predict_program(graphdef, state, image_p, mask_p)
+            out, _ = _predict_program(graphdef, state, *place.batched(image_p, mask_p),
+                                      compute_dtype=config.compute_dtype)
             info.iterations = 1
         else:
             with _registered(on_iteration) as token:
                 out, losses, used = _refine_program(
-                    graphdef, state, image_p, mask_p, *scale_operands(result, scale, config.modulo),
+                    graphdef, state, *place.batched(image_p, mask_p, *scale_operands(result, scale, config.modulo)),
                     jnp.float32(config.lr), jnp.float32(-np.inf if config.early_stop is None else config.early_stop),
                     jnp.int32(config.early_stop_window), token, n_iters=config.n_iters, erosion=config.erosion,
-                    remat=remat, report=on_iteration is not None)
+                    remat=config.remat, compute_dtype=config.compute_dtype, report=on_iteration is not None)
                 out = jax.block_until_ready(out)
             info.iterations = int(used)
-            info.losses = np.asarray(losses)[:info.iterations]
+            info.losses = np.asarray(losses)[:info.iterations, :batch]
         result = np.asarray(out)[:, :lh, :lw]
         info.seconds = time.perf_counter() - start
         infos.append(info)
-    return result, infos
+    return result[:batch], infos
 
 
 def scale_operands(ref: np.ndarray, scale: ScalePlan, modulo: int):
@@ -442,7 +502,7 @@ def _resident_bytes() -> int:
 
 
 def estimate_memory(model: Lama, height: int, width: int, *, batch: int = 1, refine: bool = True,
-                    config: RefineConfig = RefineConfig(), remat: bool = False) -> MemoryEstimate:
+                    config: RefineConfig = RefineConfig()) -> MemoryEstimate:
     """Peak memory of `refine` (or, with refine=False, `predict`) on `batch` images of height x
     width, without running it: each scale's program is compiled (XLA's compilation cache makes
     the real call's compilation cheap afterwards) and its buffer assignment read."""
@@ -470,9 +530,10 @@ def estimate_memory(model: Lama, height: int, width: int, *, batch: int = 1, ref
                 graphdef, state, spec(batch, hp, wp, 3), spec(batch, hp, wp, 1), spec(batch, hr, wr, 3),
                 spec(batch, hr, hp), spec(batch, wr, wp), spec(batch, hr, hp), spec(batch, wr, wp),
                 f32(0), f32(0), jnp.int32(1), jnp.int32(0), n_iters=config.n_iters, erosion=config.erosion,
-                remat=remat, report=True)
+                remat=config.remat, compute_dtype=config.compute_dtype, report=True)
         else:
-            lowered = _predict_program.lower(graphdef, state, spec(batch, hp, wp, 3), spec(batch, hp, wp, 1))
+            lowered = _predict_program.lower(graphdef, state, spec(batch, hp, wp, 3), spec(batch, hp, wp, 1),
+                                             compute_dtype=config.compute_dtype if refine else "float32")
         scales.append(((hp, wp), program_bytes(lowered)))
     # float32 RGB + mask per level and padded copy, plus the caller's input, result and output
     host = 16 * pixels + 3 * 16 * height * width * batch

@@ -54,8 +54,12 @@ def test_remat_gives_the_same_gradient():
     def grad(state, z, remat):
         return jax.grad(lambda z: jnp.sum(nnx.merge(graphdef, state).rear(z, remat=remat) ** 2))(z)
 
-    for a, b in zip(grad(state, z, False), grad(state, z, True)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    stored = grad(state, z, "none")
+    for policy in ("blocks", "all"):
+        for a, b in zip(stored, grad(state, z, policy)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="remat must be one of none, blocks, all"):
+        model.rear(z, remat=True)
 
 
 @pytest.mark.parametrize("shape", [(1, 20, 32, 4), (1, 32, 32, 3), (32, 32, 4), (1, 8, 32, 4)])

@@ -1,0 +1,63 @@
+"""Data-parallel runs over several devices equal single-device runs.
+
+The CPU backend is split into 4 devices with XLA_FLAGS=--xla_force_host_platform_device_count=4,
+which must be set before JAX starts, so the comparison runs in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = r"""
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, sys.argv[2])
+from conftest import load_golden_image
+import jax_refine
+from jax_refine import RefineConfig, refine as refine_lib
+
+assert len(jax.devices()) == 4, jax.devices()
+model = jax_refine.load(sys.argv[1])
+image, mask = load_golden_image("chelsea_240x296")
+images = [image, image[::-1].copy(), image[:, ::-1].copy()]
+masks = [mask > 0, (mask > 0)[::-1], (mask > 0)[:, ::-1]]
+x = np.stack(images)
+m = np.stack(masks)[..., None].astype(np.float32)
+config = RefineConfig(min_side=100, n_iters=4)
+single, single_scales = refine_lib.refine(model, x, m, config)
+sharded, sharded_scales = refine_lib.refine(model, x, m, config, devices=jax.devices())  # 3 images padded to 4
+plain_single, _ = refine_lib.predict(model, x, m)
+plain_sharded, _ = refine_lib.predict(model, x, m, devices=jax.devices())
+# inpaint_batch: uint8 images of two sizes, one without a hole, on 4 devices
+u8 = [(im * 255).round().astype(np.uint8) for im in images] + [(image[:200] * 255).round().astype(np.uint8)]
+holes = masks + [np.zeros((200, 296), bool)]
+batch = jax_refine.inpaint_batch(u8, holes, model, config=config)
+alone = [jax_refine.inpaint(im, h, model, config=config) for im, h in zip(u8, holes)]
+print(json.dumps(dict(
+    refine=float(np.abs(sharded - single).max()),
+    losses=float(max(np.abs(a.losses - b.losses).max() for a, b in zip(single_scales[1:], sharded_scales[1:]))),
+    loss_shape=list(sharded_scales[1].losses.shape),
+    predict=float(np.abs(plain_sharded - plain_single).max()),
+    batch_vs_alone=[int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(batch, alone)],
+    unchanged=bool(np.array_equal(batch[3], u8[3])),
+)))
+"""
+
+
+def test_data_parallel_equals_single_device(tiny_checkpoint):
+    tests = Path(__file__).resolve().parent
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=os.pathsep.join([str(tests.parent), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_checkpoint), str(tests)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["loss_shape"] == [4, 3]
+    assert result["refine"] <= 1e-6 and result["losses"] <= 1e-6 and result["predict"] <= 1e-6
+    # each image of a 4-device batch gets what it gets alone (uint8: within one rounding step)
+    assert result["batch_vs_alone"][3] == 0 and result["unchanged"]
+    assert max(result["batch_vs_alone"]) <= 1
