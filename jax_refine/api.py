@@ -18,6 +18,7 @@ import numpy as np
 from . import pyramid
 from . import refine as refine_lib
 from .convert import load
+from .crop import hole_regions
 from .model import Lama
 from .refine import MemoryEstimate, RefineConfig, ScaleInfo
 
@@ -214,13 +215,14 @@ class InpaintInfo:
     """What `inpaint(..., return_info=True)` did: per-scale sizes, losses and times."""
 
     refined: bool
-    scales: list[ScaleInfo]
+    scales: list[ScaleInfo]     # with crops: every crop's scales, crop after crop
     work_size: tuple[int, int]  # (h, w) the network ran at (px_budget size when refining)
+    crops: list[tuple[int, int, int, int]] = dataclasses.field(default_factory=list)  # (top, left, bottom, right)
 
 
 def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
             config: RefineConfig = RefineConfig(), progress: bool | Callable[[Progress], None] | None = None,
-            return_info: bool = False):
+            return_info: bool = False, crop_margin: int | None = None):
     """Inpaint the holes of `image` given by `mask` with LaMa, optionally with multi-scale refinement.
 
     Args:
@@ -234,6 +236,9 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
       config: refinement settings (ignored when refine=False).
       progress: True for a progress bar, or a callable receiving `Progress` events.
       return_info: also return an `InpaintInfo`.
+      crop_margin: None (the whole image), or inpaint each group of nearby holes in a crop
+        with this many pixels of context around it and paste the fills back (for small holes
+        in large images; see `jax_refine.crop`). The output then always has the input's size.
 
     Returns:
       The inpainted image, of the same kind as `image` (float in -> float32 out, uint8 in ->
@@ -242,7 +247,17 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
     """
     source = _source(image)
     hole = _hole(mask, source.rgb.shape[:2])
-    [result], info = _inpaint_group([source], [hole], model, refine, config, progress)
+    if crop_margin is None:
+        [result], info = _inpaint_group([source], [hole], model, refine, config, progress)
+        return (result, info) if return_info else result
+    filled, info = source.rgb.copy(), InpaintInfo(refine, [], source.rgb.shape[:2], hole_regions(hole, crop_margin))
+    for top, left, bottom, right in info.crops:
+        window = (slice(top, bottom), slice(left, right))
+        [out], crop_info = _inpaint_group([_image_from_array(filled[window])], [hole[window]], model, refine,
+                                          dataclasses.replace(config, full_size_output=True), progress)
+        filled[window] = out
+        info.scales += crop_info.scales
+    result = source.restore(filled, hole)
     return (result, info) if return_info else result
 
 

@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print a refinement report per image: size, iterations, loss curve and time per scale")
     inpaint.add_argument("--report-plot", action="store_true",
                          help="also save the loss curves as OUT.report.png beside each output (needs matplotlib)")
+    inpaint.add_argument("--crop-margin", metavar="PX", type=int,
+                         help="inpaint each group of nearby holes in a crop with PX pixels of context around it "
+                              "(small holes in large images; PX >= the hole size is advisable); default: whole image")
     inpaint.add_argument("-q", "--quiet", action="store_true",
                          help="no progress output; the summary only when something failed")
 
@@ -625,6 +628,8 @@ def run_inpaint(args) -> int:
     from .api import inpaint
 
     config = refine_config_from_args(args)
+    if args.crop_margin is not None and args.crop_margin < 0:
+        raise UsageError(f"--crop-margin must be >= 0, got {args.crop_margin}")
     items, shared_mask_path, mode = _plan(args)
     if not args.dry_run:
         check_outputs(items, args.overwrite, extra_inputs=[shared_mask_path] if shared_mask_path else [])
@@ -661,7 +666,8 @@ def run_inpaint(args) -> int:
                 mask = shared_mask if item.mask is None else open_image(item.mask)
                 try:
                     result, info = inpaint(image, mask, model, refine=args.refine, config=config,
-                                           progress=reporter.progress_callback(), return_info=True)
+                                           progress=reporter.progress_callback(), return_info=True,
+                                           crop_margin=args.crop_margin)
                 except ValueError as e:  # size mismatch, unsupported image kind
                     raise ItemError(item.image, str(e)) from None
                 except Exception as e:  # e.g. out of memory on a huge image: skip it, go on

@@ -300,6 +300,20 @@ def test_adaptive_scale_schedule_option(tmp_path, tiny_checkpoint, pairs, capsys
     assert "invalid choice: 'octave'" in capsys.readouterr().err
 
 
+def test_crop_margin_option(tmp_path, tiny_checkpoint, pairs, capsys):
+    image, mask = pairs["coffee"]
+    image.save(tmp_path / "photo.png")
+    mask.save(tmp_path / "photo_mask.png")
+    out = tmp_path / "filled.png"
+    assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", out, "--no-refine",
+               "--crop-margin", 1000, *inpaint_args(tiny_checkpoint)) == 0
+    whole = jax_refine.inpaint(image, mask, str(tiny_checkpoint), refine=False)
+    np.testing.assert_array_equal(pixels(out), np.asarray(whole))  # the crop is the whole image
+    assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", tmp_path / "x.png",
+               "--crop-margin", -5, *inpaint_args(tiny_checkpoint)) == cli.EXIT_USAGE
+    assert "--crop-margin must be >= 0, got -5" in capsys.readouterr().err
+
+
 def test_dry_run_estimates_and_writes_nothing(tmp_path, tiny_checkpoint, pairs, capsys):
     image, mask = pairs["coffee"]
     image.save(tmp_path / "photo.png")

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 SCRIPT = r"""
 import json, sys
 import jax, numpy as np
@@ -61,3 +63,29 @@ def test_data_parallel_equals_single_device(tiny_checkpoint):
     # each image of a 4-device batch gets what it gets alone (uint8: within one rounding step)
     assert result["batch_vs_alone"][3] == 0 and result["unchanged"]
     assert max(result["batch_vs_alone"]) <= 1
+
+
+def test_multihost_example_runs_on_one_host(tmp_path, tiny_checkpoint):
+    """examples/multihost.py with one process and 4 local devices writes every result."""
+    from PIL import Image
+
+    from conftest import GOLDEN
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "in").mkdir()
+    for name in ("coffee_300x400", "chelsea_240x296"):
+        for suffix in ("", "_mask"):
+            Image.open(GOLDEN / f"{name}{suffix}.png").save(tmp_path / "in" / f"{name}{suffix}.png")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(root / "examples" / "multihost.py"), str(tmp_path / "in"),
+                           str(tmp_path / "out"), "--model", str(tiny_checkpoint)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "process 0/1: 2 images on 4 devices" in done.stdout
+    for name in ("coffee_300x400", "chelsea_240x296"):
+        out = np.asarray(Image.open(tmp_path / "out" / f"{name}.png"))
+        image = np.asarray(Image.open(GOLDEN / f"{name}.png").convert("RGB"))
+        hole = np.asarray(Image.open(GOLDEN / f"{name}_mask.png").convert("L")) > 0
+        assert out.shape == image.shape and np.array_equal(out[~hole], image[~hole])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["chelsea_240x296.png", "coffee_300x400.png"]
