@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("--crop-margin", metavar="PX", type=int,
                          help="inpaint each group of nearby holes in a crop with PX pixels of context around it "
                               "(small holes in large images; PX >= the hole size is advisable); default: whole image")
+    inpaint.add_argument("--batch-size", metavar="N", type=int, default=1,
+                         help="folder modes: inpaint up to N same-size images together, split over all JAX "
+                              "devices (data parallel); a failing batch is retried image by image (default: 1)")
     inpaint.add_argument("-q", "--quiet", action="store_true",
                          help="no progress output; the summary only when something failed")
 
@@ -625,11 +628,13 @@ def _load_model(path):
 
 
 def run_inpaint(args) -> int:
-    from .api import inpaint
-
     config = refine_config_from_args(args)
     if args.crop_margin is not None and args.crop_margin < 0:
         raise UsageError(f"--crop-margin must be >= 0, got {args.crop_margin}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.batch_size > 1 and args.crop_margin is not None:
+        raise UsageError("--crop-margin inpaints crops one by one: it cannot be combined with --batch-size")
     items, shared_mask_path, mode = _plan(args)
     if not args.dry_run:
         check_outputs(items, args.overwrite, extra_inputs=[shared_mask_path] if shared_mask_path else [])
@@ -655,46 +660,109 @@ def run_inpaint(args) -> int:
     if args.dry_run:
         return dry_run(items, model, args.refine, config)
     reporter = Reporter(len(items), quiet=args.quiet, outer_bar=mode != "single")
+    run = _ItemRunner(args, model, config, shared_mask, reporter)
     try:
-        for item in items:
-            if item.problem is not None:
-                reporter.failed(item.name, item.problem)
-                continue
-            start = time.perf_counter()
-            try:
-                image = open_image(item.image)
-                mask = shared_mask if item.mask is None else open_image(item.mask)
-                try:
-                    result, info = inpaint(image, mask, model, refine=args.refine, config=config,
-                                           progress=reporter.progress_callback(), return_info=True,
-                                           crop_margin=args.crop_margin)
-                except ValueError as e:  # size mismatch, unsupported image kind
-                    raise ItemError(item.image, str(e)) from None
-                except Exception as e:  # e.g. out of memory on a huge image: skip it, go on
-                    raise ItemError(item.image, f"inpainting failed: {type(e).__name__}: {e}") from None
-                try:
-                    save_atomic(result, item.output, image.info.get("icc_profile"))
-                except UsageError as e:  # no writer for this extension (--keep-ext)
-                    raise ItemError(item.output, str(e).split(": ", 1)[-1]) from None
-                except (OSError, ValueError, KeyError) as e:
-                    raise ItemError(item.output, f"cannot write: {e}") from None
-            except ItemError as e:
-                reporter.end_item()
-                reporter.failed(e.path, e.reason)
-                continue
-            reporter.end_item()
-            reporter.succeeded(item, time.perf_counter() - start)
-            if args.report:
-                reporter.report(item, info)
-            if args.report_plot and info.scales:
-                try:
-                    report_plot(info, item.output.with_name(item.output.name + ".report.png"))
-                except OSError as e:
-                    reporter.failed(item.output, f"cannot write the report plot: {e}")
+        if args.batch_size == 1:
+            for item in items:
+                run.one(item)
+        else:
+            run.batched(items, args.batch_size)
     finally:
         reporter.close()
     reporter.summary()
     return EXIT_FAILED if reporter.failures else EXIT_OK
+
+
+class _ItemRunner:
+    """Inpaints items one at a time or in batches of same-size images, reporting each."""
+
+    def __init__(self, args, model, config: RefineConfig, shared_mask, reporter: Reporter):
+        self.args, self.model, self.config, self.shared_mask, self.reporter = args, model, config, shared_mask, reporter
+
+    def _open(self, item: Item):
+        if item.problem is not None:
+            raise ItemError(item.name, item.problem)
+        return open_image(item.image), self.shared_mask if item.mask is None else open_image(item.mask)
+
+    def one(self, item: Item, opened=None) -> None:
+        from .api import inpaint
+
+        start = time.perf_counter()
+        try:
+            image, mask = opened or self._open(item)
+            try:
+                result, info = inpaint(image, mask, self.model, refine=self.args.refine, config=self.config,
+                                       progress=self.reporter.progress_callback(), return_info=True,
+                                       crop_margin=self.args.crop_margin)
+            except ValueError as e:  # size mismatch, unsupported image kind
+                raise ItemError(item.image, str(e)) from None
+            except Exception as e:  # e.g. out of memory on a huge image: skip it, go on
+                raise ItemError(item.image, f"inpainting failed: {type(e).__name__}: {e}") from None
+        except ItemError as e:
+            self.reporter.end_item()
+            self.reporter.failed(e.path, e.reason)
+            return
+        self._finish(item, image, result, info, time.perf_counter() - start)
+
+    def batched(self, items: list[Item], batch_size: int) -> None:
+        """Open every item, collect same-size images into batches of batch_size and run each
+        batch data-parallel over all devices; a batch that fails is retried image by image,
+        so one bad image fails alone."""
+        buckets: dict[tuple[int, int], list] = {}
+        for item in items:
+            try:
+                image, mask = self._open(item)
+            except ItemError as e:
+                self.reporter.failed(e.path, e.reason)
+                continue
+            bucket = buckets.setdefault(image.size, [])
+            bucket.append((item, image, mask))
+            if len(bucket) == batch_size:
+                self._run_batch(buckets.pop(image.size))
+        for bucket in buckets.values():
+            self._run_batch(bucket)
+
+    def _run_batch(self, bucket) -> None:
+        from .api import inpaint_batch
+
+        start = time.perf_counter()
+        try:
+            results, infos = inpaint_batch([image for _, image, _ in bucket], [mask for *_, mask in bucket],
+                                           self.model, refine=self.args.refine, config=self.config,
+                                           batch_size=len(bucket), progress=self.reporter.progress_callback(),
+                                           return_info=True)
+        except Exception:  # noqa: BLE001 - find the culprit image by image
+            self.reporter.end_item()
+            for item, image, mask in bucket:
+                self.one(item, (image, mask))
+            return
+        seconds = (time.perf_counter() - start) / len(bucket)
+        for (item, image, _), result, info in zip(bucket, results, infos):
+            self._finish(item, image, result, info, seconds)
+
+    def _finish(self, item: Item, image, result, info, seconds: float) -> None:
+        """Write one result atomically and report it."""
+        args, reporter = self.args, self.reporter
+        try:
+            try:
+                save_atomic(result, item.output, image.info.get("icc_profile"))
+            except UsageError as e:  # no writer for this extension (--keep-ext)
+                raise ItemError(item.output, str(e).split(": ", 1)[-1]) from None
+            except (OSError, ValueError, KeyError) as e:
+                raise ItemError(item.output, f"cannot write: {e}") from None
+        except ItemError as e:
+            reporter.end_item()
+            reporter.failed(e.path, e.reason)
+            return
+        reporter.end_item()
+        reporter.succeeded(item, seconds)
+        if args.report:
+            reporter.report(item, info)
+        if args.report_plot and info.scales:
+            try:
+                report_plot(info, item.output.with_name(item.output.name + ".report.png"))
+            except OSError as e:
+                reporter.failed(item.output, f"cannot write the report plot: {e}")
 
 
 def dry_run(items: list[Item], model, refine: bool, config: RefineConfig) -> int:

@@ -115,6 +115,32 @@ def test_lama_folder_with_bad_items(tmp_path, tiny_checkpoint, pairs, capsys):
     assert "1 done, 4 failed" in capsys.readouterr().out
 
 
+def test_batches_equal_single_images_and_a_bad_item_fails_alone(tmp_path, tiny_checkpoint, pairs, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, (image, mask) in pairs.items():
+        image.save(data / f"{name}.png")
+        mask.save(data / f"{name}_mask.png")
+    pairs["coffee"][0].save(data / "small.png")
+    pairs["coffee"][1].resize((40, 32)).save(data / "small_mask.png")  # mask size does not match
+    (data / "broken.png").write_bytes(np.random.default_rng(0).bytes(2000))
+    pairs["coffee"][1].save(data / "broken_mask.png")
+    settings = inpaint_args(tiny_checkpoint, "--min-side", 32, "--n-iters", 3)
+    assert run("inpaint", data, "-o", tmp_path / "one", *settings) == 1
+    capsys.readouterr()
+    assert run("inpaint", data, "-o", tmp_path / "batched", "--batch-size", 3, *settings) == 1
+    captured = capsys.readouterr()
+    assert "3 done, 2 failed" in captured.out
+    assert f"{data / 'broken.png'}: cannot read image" in captured.out
+    assert f"{data / 'small.png'}: mask size 40x32 (WxH) does not match" in captured.out
+    for name in pairs:
+        single, batched = pixels(tmp_path / "one" / f"{name}_mask.png"), pixels(tmp_path / "batched" / f"{name}_mask.png")
+        assert np.abs(single.astype(int) - batched.astype(int)).max() <= 1
+    assert leftovers(tmp_path / "batched") == []
+    assert run("inpaint", data, "-o", tmp_path / "x", "--batch-size", 0, *settings) == cli.EXIT_USAGE
+    assert "--batch-size must be >= 1, got 0" in capsys.readouterr().err
+
+
 def test_two_folders_and_keep_ext(tmp_path, tiny_checkpoint, pairs, capsys):
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()
