@@ -222,7 +222,7 @@ class InpaintInfo:
 
 def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
             config: RefineConfig = RefineConfig(), progress: bool | Callable[[Progress], None] | None = None,
-            return_info: bool = False, crop_margin: int | None = None):
+            return_info: bool = False, crop_margin: int | None = None, devices=None):
     """Inpaint the holes of `image` given by `mask` with LaMa, optionally with multi-scale refinement.
 
     Args:
@@ -239,6 +239,9 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
       crop_margin: None (the whole image), or inpaint each group of nearby holes in a crop
         with this many pixels of context around it and paste the fills back (for small holes
         in large images; see `jax_refine.crop`). The output then always has the input's size.
+      devices: None (the default device), or several devices to split the image's rows over
+        (spatial sharding for images too large for one device's memory; XLA exchanges the
+        borders and gathers for the FFTs, so it is slower than one device that fits the job).
 
     Returns:
       The inpainted image, of the same kind as `image` (float in -> float32 out, uint8 in ->
@@ -248,13 +251,14 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
     source = _source(image)
     hole = _hole(mask, source.rgb.shape[:2])
     if crop_margin is None:
-        [result], info = _inpaint_group([source], [hole], model, refine, config, progress)
+        [result], info = _inpaint_group([source], [hole], model, refine, config, progress, devices, spatial=True)
         return (result, info) if return_info else result
     filled, info = source.rgb.copy(), InpaintInfo(refine, [], source.rgb.shape[:2], hole_regions(hole, crop_margin))
     for top, left, bottom, right in info.crops:
         window = (slice(top, bottom), slice(left, right))
         [out], crop_info = _inpaint_group([_image_from_array(filled[window])], [hole[window]], model, refine,
-                                          dataclasses.replace(config, full_size_output=True), progress)
+                                          dataclasses.replace(config, full_size_output=True), progress, devices,
+                                          spatial=True)
         filled[window] = out
         info.scales += crop_info.scales
     result = source.restore(filled, hole)
@@ -317,8 +321,9 @@ def _source(image) -> _Image:
 
 
 def _inpaint_group(sources: list[_Image], holes: list[np.ndarray], model, refine: bool, config: RefineConfig,
-                   progress, devices=None) -> tuple[list, InpaintInfo]:
-    """Inpaint same-size images in one batch; images without a hole are returned unchanged."""
+                   progress, devices=None, spatial: bool = False) -> tuple[list, InpaintInfo]:
+    """Inpaint same-size images in one batch, over `devices` data-parallel or (spatial) by rows;
+    images without a hole are returned unchanged."""
     h, w = sources[0].rgb.shape[:2]
     results = [source.restore(source.rgb, hole) for source, hole in zip(sources, holes)]
     todo = [i for i, hole in enumerate(holes) if hole.any()]
@@ -328,13 +333,13 @@ def _inpaint_group(sources: list[_Image], holes: list[np.ndarray], model, refine
     rgb = np.stack([sources[i].rgb for i in todo])
     hole_f = np.stack([holes[i] for i in todo])[..., None].astype(np.float32)
     if not refine:
-        out, _ = refine_lib.predict(model, rgb, hole_f, devices=devices)
+        out, _ = refine_lib.predict(model, rgb, hole_f, devices=devices, spatial=spatial)
         info = InpaintInfo(False, [], (h, w))
     else:
         on_scale, on_iteration, close = _progress_hooks(progress, config)
         try:
             out, scales = refine_lib.refine(model, rgb, hole_f, config, on_scale=on_scale, on_iteration=on_iteration,
-                                            devices=devices)
+                                            devices=devices, spatial=spatial)
         finally:
             close()
         info = InpaintInfo(True, scales, out.shape[1:3])

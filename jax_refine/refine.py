@@ -330,21 +330,26 @@ def _split(model: Lama):
 
 
 class Placement:
-    """Where a batch runs: the default device, or data-parallel over `devices` (a 1-D Mesh
-    with axis "batch": weights replicated, every batched array split along its first axis).
-    A batch is padded to a multiple of the device count by repeating its last image."""
+    """Where a batch runs: the default device, or over several `devices` (a 1-D Mesh, weights
+    replicated), either data-parallel (every batched array split along its image axis; a batch
+    is padded to a multiple of the device count by repeating its last image) or, with
+    spatial=True, each image's rows split over the devices (image-sized arrays split along H,
+    the rest replicated; XLA's SPMD partitioner adds the halo exchanges and the gathers the
+    FFTs need)."""
 
-    def __init__(self, devices=None):
+    def __init__(self, devices=None, spatial: bool = False):
         self.devices = list(devices) if devices is not None else []
+        self.spatial = spatial and len(self.devices) > 1
         if len(self.devices) > 1:
-            mesh = jax.sharding.Mesh(np.asarray(self.devices), ("batch",))
-            self._batched = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+            mesh = jax.sharding.Mesh(np.asarray(self.devices), ("split",))
+            spec = jax.sharding.PartitionSpec(None, "split") if self.spatial else jax.sharding.PartitionSpec("split")
+            self._split = jax.sharding.NamedSharding(mesh, spec)
             self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         elif self.devices:
-            self._batched = self._replicated = jax.sharding.SingleDeviceSharding(self.devices[0])
+            self._split = self._replicated = jax.sharding.SingleDeviceSharding(self.devices[0])
 
     def pad_batch(self, x: np.ndarray) -> np.ndarray:
-        n = max(len(self.devices), 1)
+        n = 1 if self.spatial else max(len(self.devices), 1)
         extra = -x.shape[0] % n
         return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
 
@@ -352,17 +357,24 @@ class Placement:
         return jax.device_put(state, self._replicated) if self.devices else state
 
     def batched(self, *arrays):
-        return tuple(jax.device_put(x, self._batched) for x in arrays) if self.devices else arrays
+        if not self.devices:
+            return arrays
+        if not self.spatial:
+            return tuple(jax.device_put(x, self._split) for x in arrays)
+        # images and masks (B, H, W, C) by rows; matrices and references whole
+        return tuple(jax.device_put(x, self._split if x.ndim == 4 and x.shape[1] % len(self.devices) == 0
+                                    else self._replicated) for x in arrays)
 
 
-def predict(model: Lama, image: np.ndarray, mask: np.ndarray, *, pad_mode: str = "symmetric", devices=None):
+def predict(model: Lama, image: np.ndarray, mask: np.ndarray, *, pad_mode: str = "symmetric", devices=None,
+            spatial: bool = False):
     """LaMa's plain prediction. image (B, H, W, 3) float32 [0, 1]; mask (B, H, W, 1) binary.
 
     Pads bottom/right to the model's modulo (numpy `pad_mode`, 'symmetric' as LaMa's dataset),
     runs the generator, composites and crops. Returns (inpainted, raw prediction), both
-    (B, H, W, 3) float32 numpy arrays. devices: run data-parallel over these (`Placement`).
+    (B, H, W, 3) float32 numpy arrays. devices, spatial: run over these devices (`Placement`).
     """
-    (b, h, w), place = image.shape[:3], Placement(devices)
+    (b, h, w), place = image.shape[:3], Placement(devices, spatial)
     hp, wp = padded(h, model.config.modulo), padded(w, model.config.modulo)
     graphdef, state = _split(model)
     out, pred = _predict_program(graphdef, place.weights(state), *place.batched(
@@ -383,7 +395,8 @@ class ScaleInfo:
 
 
 def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfig = RefineConfig(), *,
-           on_scale: Callable | None = None, on_iteration: Callable | None = None, devices=None):
+           on_scale: Callable | None = None, on_iteration: Callable | None = None, devices=None,
+           spatial: bool = False):
     """Multi-scale refinement of a batch of same-size images.
 
     image (B, H, W, 3) float32 [0, 1]; mask (B, H, W, 1) binary {0, 1}, 1 = hole.
@@ -392,12 +405,13 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
 
     on_scale(index, n_scales, ScaleInfo-without-results) is called before each scale;
     on_iteration(i, losses_per_image) after each iteration of a refined scale.
-    devices: run data-parallel over these (`Placement`); each image's result is the one it
-    gets alone, except that early stopping waits for every image of the batch.
+    devices, spatial: run over these devices, data-parallel or splitting each image's rows
+    (`Placement`). Data-parallel, each image's result is the one it gets alone, except that
+    early stopping waits for every image of the batch.
     """
     import time
 
-    batch, place = image.shape[0], Placement(devices)
+    batch, place = image.shape[0], Placement(devices, spatial)
     image, mask = place.pad_batch(image), place.pad_batch(mask)
     if on_iteration is not None and image.shape[0] > batch:
         on_iteration = partial(lambda hook, i, losses: hook(i, losses[:batch]), on_iteration)

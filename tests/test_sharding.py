@@ -1,4 +1,4 @@
-"""Data-parallel runs over several devices equal single-device runs.
+"""Runs over several devices: data-parallel equals single-device; spatial splitting is close.
 
 The CPU backend is split into 4 devices with XLA_FLAGS=--xla_force_host_platform_device_count=4,
 which must be set before JAX starts, so the comparison runs in a subprocess.
@@ -39,7 +39,12 @@ u8 = [(im * 255).round().astype(np.uint8) for im in images] + [(image[:200] * 25
 holes = masks + [np.zeros((200, 296), bool)]
 batch = jax_refine.inpaint_batch(u8, holes, model, config=config)
 alone = [jax_refine.inpaint(im, h, model, config=config) for im, h in zip(u8, holes)]
+# one image's rows split over the 4 devices
+spatial, spatial_scales = refine_lib.refine(model, x[:1], m[:1], config, devices=jax.devices(), spatial=True)
+alone_refined, alone_scales = refine_lib.refine(model, x[:1], m[:1], config)
 print(json.dumps(dict(
+    spatial_max=float(np.abs(spatial - alone_refined).max()), spatial_mean=float(np.abs(spatial - alone_refined).mean()),
+    spatial_losses=float(max(np.abs(a.losses - b.losses).max() for a, b in zip(spatial_scales[1:], alone_scales[1:]))),
     refine=float(np.abs(sharded - single).max()),
     losses=float(max(np.abs(a.losses - b.losses).max() for a, b in zip(single_scales[1:], sharded_scales[1:]))),
     loss_shape=list(sharded_scales[1].losses.shape),
@@ -63,6 +68,10 @@ def test_data_parallel_equals_single_device(tiny_checkpoint):
     # each image of a 4-device batch gets what it gets alone (uint8: within one rounding step)
     assert result["batch_vs_alone"][3] == 0 and result["unchanged"]
     assert max(result["batch_vs_alone"]) <= 1
+    # spatial: the same program partitioned by rows; only float summation order differs (Adam
+    # turns that into small pixel differences, as between torch thread counts)
+    assert result["spatial_losses"] <= 1e-5
+    assert result["spatial_mean"] <= 1e-3 and result["spatial_max"] <= 2e-2
 
 
 def test_multihost_example_runs_on_one_host(tmp_path, tiny_checkpoint):
