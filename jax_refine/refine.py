@@ -22,8 +22,8 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from typing import NamedTuple
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
