@@ -43,6 +43,14 @@ def pixels(path):
         return np.asarray(image.convert("RGB"))
 
 
+def saved_photo(tmp_path, pairs):
+    """Save the coffee pair as tmp_path/photo.png + photo_mask.png; (image, mask, output path)."""
+    image, mask = pairs["coffee"]
+    image.save(tmp_path / "photo.png")
+    mask.save(tmp_path / "photo_mask.png")
+    return image, mask, tmp_path / "filled.png"
+
+
 def leftovers(directory):
     return [p for p in Path(directory).rglob("*") if p.name.startswith(".") or p.name.endswith(".partial")]
 
@@ -291,10 +299,7 @@ def test_scripts_in_a_subprocess(tmp_path, tiny_checkpoint, pairs):
 
 
 def test_report_and_early_stop(tmp_path, tiny_checkpoint, pairs, capsys):
-    image, mask = pairs["coffee"]
-    image.save(tmp_path / "photo.png")
-    mask.save(tmp_path / "photo_mask.png")
-    out = tmp_path / "filled.png"
+    image, mask, out = saved_photo(tmp_path, pairs)
     # early stop 1.0 with a window of 1: every iteration "improves by less than 100 %", so the
     # refined scale stops at its first check, after 2 forward passes
     assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", out, "--min-side", 32,
@@ -311,10 +316,7 @@ def test_report_and_early_stop(tmp_path, tiny_checkpoint, pairs, capsys):
 
 
 def test_adaptive_scale_schedule_option(tmp_path, tiny_checkpoint, pairs, capsys):
-    image, mask = pairs["coffee"]
-    image.save(tmp_path / "photo.png")
-    mask.save(tmp_path / "photo_mask.png")
-    out = tmp_path / "filled.png"
+    image, mask, out = saved_photo(tmp_path, pairs)
     # 80x64 with min side 24: two scales; halving would make the coarse one 40x32
     assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", out, "--min-side", 24,
                "--n-iters", 2, "--scale-schedule", "adaptive", "--report", *inpaint_args(tiny_checkpoint)) == 0
@@ -327,10 +329,7 @@ def test_adaptive_scale_schedule_option(tmp_path, tiny_checkpoint, pairs, capsys
 
 
 def test_crop_margin_option(tmp_path, tiny_checkpoint, pairs, capsys):
-    image, mask = pairs["coffee"]
-    image.save(tmp_path / "photo.png")
-    mask.save(tmp_path / "photo_mask.png")
-    out = tmp_path / "filled.png"
+    image, mask, out = saved_photo(tmp_path, pairs)
     assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", out, "--no-refine",
                "--crop-margin", 1000, *inpaint_args(tiny_checkpoint)) == 0
     whole = jax_refine.inpaint(image, mask, str(tiny_checkpoint), refine=False)
@@ -341,10 +340,7 @@ def test_crop_margin_option(tmp_path, tiny_checkpoint, pairs, capsys):
 
 
 def test_dry_run_estimates_and_writes_nothing(tmp_path, tiny_checkpoint, pairs, capsys):
-    image, mask = pairs["coffee"]
-    image.save(tmp_path / "photo.png")
-    mask.save(tmp_path / "photo_mask.png")
-    out = tmp_path / "filled.png"
+    image, mask, out = saved_photo(tmp_path, pairs)
     assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", out, "--dry-run",
                "--min-side", 32, *inpaint_args(tiny_checkpoint)) == 0
     line = capsys.readouterr().out.strip()
