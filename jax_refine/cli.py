@@ -50,8 +50,8 @@ _REFINE_HELP = {
                       "steps growing towards full resolution",
     "remat": "memory policy of the backward pass: none (fastest), blocks (recompute residual blocks), "
              "all (also the decoder; least memory)",
-    "compute_dtype": "bfloat16 runs the network in bfloat16 (less memory; for GPU/TPU) with FFTs, losses and "
-                     "Adam in float32",
+    "compute_dtype": "bfloat16 runs the network in bfloat16, FFTs, losses and Adam in float32 (for GPU/TPU; "
+                     "on CPU slower and not smaller)",
 }
 _REFINE_TYPES = {"early_stop": float}  # fields whose default (None) does not give the type
 _REFINE_CHOICES = {"scale_schedule": SCALE_SCHEDULES, "remat": REMAT_POLICIES, "compute_dtype": COMPUTE_DTYPES}
