@@ -49,7 +49,7 @@ _REFINE_HELP = {
     "scale_schedule": "halving: each scale half the next (LaMa); adaptive: coarsest scale at --min-side, "
                       "steps growing towards full resolution",
     "remat": "memory policy of the backward pass: none (fastest), blocks (recompute residual blocks), "
-             "all (also the decoder; least memory)",
+             "all (also the decoder stages); see BENCHMARKS.md for what each saves",
     "compute_dtype": "bfloat16 runs the network in bfloat16, FFTs, losses and Adam in float32 (for GPU/TPU; "
                      "on CPU slower and not smaller)",
 }

@@ -72,7 +72,8 @@ class RefineConfig:
       early_stop_window: iterations the improvement is measured over (>= 1).
       remat: memory policy of the refinement's backward pass (model.REMAT_POLICIES): "none"
         stores every activation (fastest); "blocks" recomputes each residual block's; "all"
-        also each decoder stage's (least memory, one extra decoder forward per step).
+        also each decoder stage's (one extra decoder forward per step). On CPU, Big-LaMa at
+        1024² / 2048²: 3.90 / 12.90 GiB peak (none), 3.63 / 12.04 (blocks), 3.61 / 12.06 (all).
         Results are the same up to float rounding.
       compute_dtype: "float32", or "bfloat16": the network's convolutions and activations in
         bfloat16, while the FFTs, the losses, z and Adam stay float32 (54.5 dB from the float32
