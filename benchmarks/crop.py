@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from quality import case_inputs, heldout_photos  # noqa: E402
+from quality import case_inputs, heldout_photos, hole_psnr  # noqa: E402
 
 
 def small_holes(h: int, w: int, seed: int) -> np.ndarray:
@@ -33,11 +33,6 @@ def small_holes(h: int, w: int, seed: int) -> np.ndarray:
         cx, cy = rng.integers(200, w - 200), rng.integers(200, h - 200)
         draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=255)
     return np.asarray(mask) > 0
-
-
-def psnr(a: np.ndarray, b: np.ndarray, hole: np.ndarray) -> float:
-    d = (a.astype(np.float64) - b.astype(np.float64))[hole] / 255
-    return float(10 * np.log10(1 / np.mean(d**2)))
 
 
 def main() -> None:
@@ -61,8 +56,8 @@ def main() -> None:
             start = time.perf_counter()
             runs[name] = (jax_refine.inpaint(image, hole, model, crop_margin=margin), time.perf_counter() - start)
         (whole, t_whole), (crop, t_crop) = runs["whole"], runs["crop"]
-        print(f"| {photo['name'].split('/')[-1]} | {100 * hole.mean():.2f} | {psnr(whole, image, hole):.2f}, {t_whole:.1f} | "
-              f"{psnr(crop, image, hole):.2f}, {t_crop:.1f} | {psnr(crop, whole, hole):.1f} | {t_whole / t_crop:.0f}x |",
+        print(f"| {photo['name'].split('/')[-1]} | {100 * hole.mean():.2f} | {hole_psnr(whole, image, hole):.2f}, {t_whole:.1f} | "
+              f"{hole_psnr(crop, image, hole):.2f}, {t_crop:.1f} | {hole_psnr(crop, whole, hole):.1f} | {t_whole / t_crop:.0f}x |",
               flush=True)
 
 

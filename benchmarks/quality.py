@@ -117,13 +117,17 @@ def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return s.mean(axis=-1)
 
 
+def hole_psnr(result: np.ndarray, truth: np.ndarray, hole: np.ndarray) -> float:
+    """PSNR (dB) over the hole pixels of two uint8 RGB images."""
+    diff = result[hole].astype(np.float64) - truth[hole].astype(np.float64)
+    return float(10 * np.log10(255**2 / max(float(np.mean(diff**2)), 1e-10)))
+
+
 def hole_metrics(result: np.ndarray, truth: np.ndarray, hole: np.ndarray) -> dict:
     """PSNR, SSIM, grad-W1 and sharpness over the hole pixels (uint8 RGB inputs)."""
-    diff = result[hole].astype(np.float64) - truth[hole].astype(np.float64)
-    mse = float(np.mean(diff**2))
     g_result = gradient_magnitude(luminance(result))[hole]
     g_truth = gradient_magnitude(luminance(truth))[hole]
-    return dict(psnr=10 * np.log10(255**2 / max(mse, 1e-10)),
+    return dict(psnr=hole_psnr(result, truth, hole),
                 ssim=float(ssim_map(result, truth)[hole].mean()),
                 grad_w1=float(np.mean(np.abs(np.sort(g_result) - np.sort(g_truth)))),
                 sharpness=float(g_result.mean() / max(g_truth.mean(), 1e-10)))

@@ -15,8 +15,6 @@ TPU; pass --coordinator/--num-processes/--process-id elsewhere).
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import jax
@@ -24,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 import jax_refine
+from jax_refine.cli import save_atomic
 
 
 def pairs(folder: Path) -> list[tuple[Path, Path]]:
@@ -34,17 +33,6 @@ def pairs(folder: Path) -> list[tuple[Path, Path]]:
         if image.exists():
             found.append((image, mask))
     return found
-
-
-def save_atomic(image: Image.Image, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".png")
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def main() -> None:
