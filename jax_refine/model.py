@@ -21,6 +21,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax import lax
 
@@ -119,9 +120,10 @@ def _kernel_grad(x, g, kernel_shape, strides, padding, input_dilation):
 _conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
-def reflect_pad(x, pad):
-    """Reflection padding of H and W by `pad` (edge sample not repeated, torch `reflect`)."""
-    return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+def reflect_pad(x, pad, *, rows: bool = True):
+    """Reflection padding of H (unless rows=False) and W by `pad` (edge sample not repeated,
+    torch `reflect`)."""
+    return jnp.pad(x, ((0, 0), (pad, pad) if rows else (0, 0), (pad, pad), (0, 0)), mode="reflect")
 
 
 # --------------------------------------------------------------------------------------
@@ -140,9 +142,11 @@ class Conv(nnx.Module):
         self.stride = stride
         self.pad = pad
 
-    def __call__(self, x):
+    def __call__(self, x, *, pad_rows: bool = True):
+        """x (B, H, W, Cin) -> (B, H', W', Cout); pad_rows=False: x already holds the rows'
+        padding (only the columns are reflect-padded here)."""
         if self.pad:
-            x = reflect_pad(x, self.pad)
+            x = reflect_pad(x, self.pad, rows=pad_rows)
         if self.kernel.shape[:2] == (1, 1) and self.stride == 1:
             y = x @ self.kernel[0, 0]  # a 1x1 conv is a matmul over channels
         else:
@@ -370,8 +374,10 @@ class Lama(nnx.Module):
 
         remat: what the backward pass recomputes (jax.checkpoint) instead of storing, one of
           REMAT_POLICIES: "none"; "blocks", each residual block's activations (only the
-          block inputs are stored); "all", also each decoder stage's (upsampler and head),
-          the full-resolution ones being the largest.
+          block inputs are stored); "all", also each decoder stage's, the full-resolution
+          tail (last upsampler and head) running in row tiles (`_tiled_tail`) so that its
+          64-channel tensors and their gradients never exist for the whole image at once.
+          Inference-mode models only.
         """
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {remat!r}")
@@ -394,17 +400,15 @@ class Lama(nnx.Module):
         if training:
             nnx.update(self.blocks, stats)
         x = jnp.concatenate(z, axis=-1)  # local channels first, then global (LaMa's ConcatTupleLayer)
-        def stage(layer, x):
-            if remat != "all":
-                return layer(x)
-            if training:
-                raise ValueError('remat="all" is for inference-mode models (BatchNorm statistics are not updated)')
-            layer_def, layer_state = nnx.split(layer)
-            return jax.checkpoint(lambda state, x: nnx.merge(layer_def, state)(x))(layer_state, x)
-
-        for layer in self.up:
-            x = stage(layer, x)
-        return jax.nn.sigmoid(stage(self.head, x))
+        if remat != "all":
+            for layer in self.up:
+                x = layer(x)
+            return jax.nn.sigmoid(self.head(x))
+        if training:
+            raise ValueError('remat="all" is for inference-mode models (BatchNorm statistics are not updated)')
+        for layer in self.up[:-1]:
+            x = _checkpointed(layer, x)
+        return _tiled_tail(self.up[-1], self.head, x)
 
     def __call__(self, x):
         return self.rear(self.front(x))
@@ -431,6 +435,64 @@ def _in_loop():
 
 def _first_batch_norm(module: nnx.Module) -> nnx.BatchNorm:
     return next(m for _, m in nnx.iter_graph(module) if isinstance(m, nnx.BatchNorm))
+
+
+def _checkpointed(layer: nnx.Module, x):
+    """layer(x), its activations recomputed in the backward pass instead of stored."""
+    layer_def, layer_state = nnx.split(layer)
+    return jax.checkpoint(lambda state, x: nnx.merge(layer_def, state)(x))(layer_state, x)
+
+
+TAIL_TILE_PIXELS = 2**18
+"""Output pixels per row tile of `_tiled_tail` (64-channel float32 tiles of about 64 MiB)."""
+
+
+def tail_tile_rows(height: int, width: int) -> int:
+    """Rows per tile of the full-resolution tail for an output of height x width: even, about
+    TAIL_TILE_PIXELS / width, and `height` itself when one tile (with its 8-row halo) covers it."""
+    rows = max(2, TAIL_TILE_PIXELS // width // 2 * 2)
+    return height if rows + 8 >= height else rows
+
+
+def _tiled_tail(up: UpBlock, head: Conv, x):
+    """sigmoid(head(up(x))) computed in row tiles of the output, each recomputed in the backward pass.
+
+    x (B, h, w, C) -> (B, 2h, 2w, output_nc). The full-resolution tensors (the upsampler's
+    64-channel output, the head's padded input and their gradients) then exist one tile at a
+    time, instead of for the whole image. Tile t of T output rows starts at a = min(t*T, H - T)
+    (the last tile may overlap its neighbour) and needs the upsampled rows a - 3 .. a + T + 2
+    (the head's 7x7 reach), reflected at the image border as the head's ReflectionPad does;
+    they are computed in a window of T + 8 rows starting at an even row s, from the input
+    rows s/2 .. s/2 + (T + 8)/2 (the transposed conv's output row 2i + 1 also needs row i + 1;
+    below the image that row is zero, as in the untiled conv). Same values as the untiled
+    tail up to float rounding.
+    """
+    b, h, w, _ = x.shape
+    height = 2 * h
+    rows = tail_tile_rows(height, 2 * w)
+    if rows == height:
+        return jax.nn.sigmoid(head(up(x)))
+    window = rows + 8
+    starts = np.minimum(np.arange(-(-height // rows)) * rows, height - rows)
+    x = jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0)))
+    up_def, up_state = nnx.split(up)
+    head_def, head_state = nnx.split(head)
+
+    @jax.checkpoint
+    def tile(up_state, head_state, x, start):
+        first = jnp.clip(start - 4, 0, height - window)
+        y = nnx.merge(up_def, up_state)(lax.dynamic_slice_in_dim(x, first // 2, window // 2 + 1, axis=1))
+        needed = start - 3 + jnp.arange(rows + 6)
+        needed = jnp.abs(needed)  # reflect at the top ...
+        needed = jnp.where(needed >= height, 2 * (height - 1) - needed, needed)  # ... and at the bottom
+        y = jnp.take(y, needed - first, axis=1)
+        return jax.nn.sigmoid(nnx.merge(head_def, head_state)(y, pad_rows=False))
+
+    tiles = lax.map(lambda start: tile(up_state, head_state, x, start), jnp.asarray(starts, jnp.int32))
+    tiles = jnp.moveaxis(tiles, 0, 1)  # (B, n, rows, W, C)
+    done = (len(starts) - 1) * rows  # rows of the full tiles before the last one
+    return jnp.concatenate([tiles[:, :-1].reshape(b, done, *tiles.shape[3:]), tiles[:, -1, done + rows - height:]],
+                           axis=1)
 
 
 class UpBlock(nnx.Module):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jax_refine import model as model_lib
 from jax_refine import refine as refine_lib
 from jax_refine.model import BIG_LAMA, TINY_LAMA, Lama, LamaConfig, abstract_model, count_parameters, eval_mode
 
@@ -60,6 +61,35 @@ def test_remat_gives_the_same_gradient():
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="remat must be one of none, blocks, all"):
         model.rear(z, remat=True)
+
+
+@pytest.mark.parametrize("tile_pixels, rows", [(56 * 6, 6), (56 * 2, 2), (56 * 16, 16)])
+def test_tiled_tail_matches_the_whole_image(monkeypatch, tile_pixels, rows):
+    """remat="all" runs the last upsampler and the head in row tiles: 40 rows in tiles of 6
+    (the last overlapping its neighbour), of 2 (the smallest), of 16 (three tiles whose
+    windows reach both borders): same image and same gradient as the untiled decoder."""
+    monkeypatch.setattr(model_lib, "TAIL_TILE_PIXELS", tile_pixels)
+    assert model_lib.tail_tile_rows(40, 56) == rows
+    model = eval_mode(Lama(TINY_LAMA, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    # running statistics away from (0, 1), so the BatchNorms of the tiles do real work
+    state = jax.tree.map(lambda x: x + 0.2 * jnp.sin(jnp.arange(x.size, dtype=x.dtype).reshape(x.shape))
+                         if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+    x = jnp.asarray(np.random.default_rng(2).uniform(size=(2, 40, 56, 4)), jnp.float32)
+    z = jax.jit(lambda s, x: nnx.merge(graphdef, s).front(x))(state, x)
+    weights = jnp.asarray(np.random.default_rng(3).normal(size=(2, 40, 56, 3)), jnp.float32)
+
+    @partial(jax.jit, static_argnames="remat")
+    def image_and_grad(state, z, remat):
+        rear = lambda z: nnx.merge(graphdef, state).rear(z, remat=remat)
+        return rear(z), jax.grad(lambda z: jnp.sum(rear(z) * weights))(z)
+
+    whole, whole_grad = image_and_grad(state, z, "none")
+    tiled, tiled_grad = image_and_grad(state, z, "all")
+    assert tiled.shape == (2, 40, 56, 3)
+    np.testing.assert_allclose(np.asarray(tiled), np.asarray(whole), rtol=0, atol=1e-6)
+    for a, b in zip(whole_grad, tiled_grad):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(a))))
 
 
 @pytest.mark.parametrize("shape", [(1, 20, 32, 4), (1, 32, 32, 3), (32, 32, 4), (1, 8, 32, 4)])
