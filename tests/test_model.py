@@ -171,3 +171,36 @@ def test_conv2d_gradients_match_stock_conv(strides, padding, dilation, in_loop):
     for a, b in zip(ours, stock):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
 
+
+
+@pytest.mark.parametrize("in_loop", [False, True])
+def test_up_conv_phases_match_the_dilated_conv(in_loop):
+    """The upsampler's conv, computed per output phase, against the stock input-dilated conv:
+    values, input and kernel gradients (odd sizes: the zero row/column below the image)."""
+    from jax_refine.model import _conv, _up_conv2d
+
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, 7, 9, 5)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 5, 6)), jnp.float32)
+    stock = lambda x, k: _conv(x, k, (1, 1), ((1, 2), (1, 2)), (2, 2))
+    ours = lambda x, k: _up_conv2d(x, k, in_loop)
+    assert ours(x, k).shape == (2, 14, 18, 6)
+    np.testing.assert_allclose(np.asarray(ours(x, k)), np.asarray(stock(x, k)), rtol=0, atol=1e-5)
+    grads = [jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, k) for f in (ours, stock)]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+def test_thin_conv_matches_the_stock_conv():
+    """The 7x7 conv to 3 channels (the head) as row taps in channels: values and gradients."""
+    from jax_refine.model import _conv, thin_conv2d
+
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 12, 10, 4)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(7, 5, 4, 3)), jnp.float32)
+    stock = lambda x, k: _conv(x, k, (1, 1), ((0, 0), (0, 0)), (1, 1))
+    assert thin_conv2d(x, k).shape == (2, 6, 6, 3)
+    np.testing.assert_allclose(np.asarray(thin_conv2d(x, k)), np.asarray(stock(x, k)), rtol=0, atol=1e-5)
+    grads = [jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, k) for f in (thin_conv2d, stock)]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
