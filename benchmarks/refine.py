@@ -7,7 +7,7 @@ PyTorch reference in tests/reference and converted), a thick stroke mask (LaMa's
 kind, seed 0), default RefineConfig (min_side 512 -> 2 scales at 1024 px). Each variant runs
 in its own process so that its peak RSS is its own:
 
-  jax          jax_refine.refine: each scale one jitted program, iterations in lax.fori_loop
+  jax          jax_refine.refine: each scale one jitted program, iterations in a lax.while_loop
   python-loop  the same loss and Adam step jitted once and called from a Python loop
                (a few steps only: the reference for "the compiled loop is at least as fast")
   torch        tests/reference/lama_torch.refine: the original algorithm in PyTorch (2 threads)
@@ -202,7 +202,7 @@ def main():
               f"{t['total_s'] / (j['total_s'] - j['compile_s']):.2f}x; peak RSS jax / torch: "
               f"{j['peak_rss_gib'] / t['peak_rss_gib']:.2f}")
     if "jax" in results and "python-loop" in results:
-        print(f"  per iteration, python loop / fori_loop: "
+        print(f"  per iteration, python loop / compiled loop: "
               f"{results['python-loop']['per_iter_s'] / results['jax']['per_iter_s']:.2f}x")
 
 

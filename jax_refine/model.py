@@ -26,7 +26,7 @@ from flax import nnx
 from jax import lax
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-REMAT_POLICIES = ("none", "blocks", "all")
+REMAT_POLICIES = ("none", "blocks", "decoder", "all")
 
 
 # --------------------------------------------------------------------------------------
@@ -435,10 +435,10 @@ class Lama(nnx.Module):
 
         remat: what the backward pass recomputes (jax.checkpoint) instead of storing, one of
           REMAT_POLICIES: "none"; "blocks", each residual block's activations (only the
-          block inputs are stored); "all", also each decoder stage's, the full-resolution
+          block inputs are stored); "decoder", each decoder stage's, the full-resolution
           tail (last upsampler and head) running in row tiles (`_tiled_tail`) so that its
-          64-channel tensors and their gradients never exist for the whole image at once.
-          Inference-mode models only.
+          64-channel tensors and their gradients never exist for the whole image at once
+          (inference-mode models only); "all", both.
         """
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {remat!r}")
@@ -454,19 +454,19 @@ class Lama(nnx.Module):
             z = block(z)
             return z, nnx.state(block, nnx.BatchStat) if training else None
 
-        if remat != "none":
+        if remat in ("blocks", "all"):
             apply_block = jax.checkpoint(apply_block)
         with _in_loop():
             z, stats = lax.scan(apply_block, tuple(z), block_state)
         if training:
             nnx.update(self.blocks, stats)
         x = jnp.concatenate(z, axis=-1)  # local channels first, then global (LaMa's ConcatTupleLayer)
-        if remat != "all":
+        if remat in ("none", "blocks"):
             for layer in self.up:
                 x = layer(x)
             return jax.nn.sigmoid(self.head(x))
         if training:
-            raise ValueError('remat="all" is for inference-mode models (BatchNorm statistics are not updated)')
+            raise ValueError(f'remat="{remat}" is for inference-mode models (BatchNorm statistics are not updated)')
         for layer in self.up[:-1]:
             x = _checkpointed(layer, x)
         return _tiled_tail(self.up[-1], self.head, x)

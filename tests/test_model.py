@@ -56,16 +56,16 @@ def test_remat_gives_the_same_gradient():
         return jax.grad(lambda z: jnp.sum(nnx.merge(graphdef, state).rear(z, remat=remat) ** 2))(z)
 
     stored = grad(state, z, "none")
-    for policy in ("blocks", "all"):
+    for policy in ("blocks", "decoder", "all"):
         for a, b in zip(stored, grad(state, z, policy)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
-    with pytest.raises(ValueError, match="remat must be one of none, blocks, all"):
+    with pytest.raises(ValueError, match="remat must be one of none, blocks, decoder, all"):
         model.rear(z, remat=True)
 
 
 @pytest.mark.parametrize("tile_pixels, rows", [(56 * 6, 6), (56 * 2, 2), (56 * 16, 16)])
 def test_tiled_tail_matches_the_whole_image(monkeypatch, tile_pixels, rows):
-    """remat="all" runs the last upsampler and the head in row tiles: 40 rows in tiles of 6
+    """remat="decoder" runs the last upsampler and the head in row tiles: 40 rows in tiles of 6
     (the last overlapping its neighbour), of 2 (the smallest), of 16 (three tiles whose
     windows reach both borders): same image and same gradient as the untiled decoder."""
     monkeypatch.setattr(model_lib, "TAIL_TILE_PIXELS", tile_pixels)
@@ -85,7 +85,7 @@ def test_tiled_tail_matches_the_whole_image(monkeypatch, tile_pixels, rows):
         return rear(z), jax.grad(lambda z: jnp.sum(rear(z) * weights))(z)
 
     whole, whole_grad = image_and_grad(state, z, "none")
-    tiled, tiled_grad = image_and_grad(state, z, "all")
+    tiled, tiled_grad = image_and_grad(state, z, "decoder")
     assert tiled.shape == (2, 40, 56, 3)
     np.testing.assert_allclose(np.asarray(tiled), np.asarray(whole), rtol=0, atol=1e-6)
     for a, b in zip(whole_grad, tiled_grad):

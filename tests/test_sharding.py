@@ -1,4 +1,5 @@
-"""Runs over several devices: data-parallel equals single-device; spatial splitting is close.
+"""Runs over several devices: data-parallel equals single-device; spatial splitting is close
+(also with remat="decoder", whose decoder tail runs in row tiles).
 
 The CPU backend is split into 4 devices with XLA_FLAGS=--xla_force_host_platform_device_count=4,
 which must be set before JAX starts, so the comparison runs in a subprocess.
@@ -42,9 +43,15 @@ alone = [jax_refine.inpaint(im, h, model, config=config) for im, h in zip(u8, ho
 # one image's rows split over the 4 devices
 spatial, spatial_scales = refine_lib.refine(model, x[:1], m[:1], config, devices=jax.devices(), spatial=True)
 alone_refined, alone_scales = refine_lib.refine(model, x[:1], m[:1], config)
+# the same with remat="decoder" and the full-resolution tail in tiles of 16 rows over the split rows
+jax_refine.model.TAIL_TILE_PIXELS = 16 * 296
+tiled_config = RefineConfig(min_side=100, n_iters=4, remat="decoder")
+tiled, tiled_scales = refine_lib.refine(model, x[:1], m[:1], tiled_config, devices=jax.devices(), spatial=True)
 print(json.dumps(dict(
     spatial_max=float(np.abs(spatial - alone_refined).max()), spatial_mean=float(np.abs(spatial - alone_refined).mean()),
     spatial_losses=float(max(np.abs(a.losses - b.losses).max() for a, b in zip(spatial_scales[1:], alone_scales[1:]))),
+    tiled_max=float(np.abs(tiled - alone_refined).max()), tiled_mean=float(np.abs(tiled - alone_refined).mean()),
+    tiled_losses=float(max(np.abs(a.losses - b.losses).max() for a, b in zip(tiled_scales[1:], alone_scales[1:]))),
     refine=float(np.abs(sharded - single).max()),
     losses=float(max(np.abs(a.losses - b.losses).max() for a, b in zip(single_scales[1:], sharded_scales[1:]))),
     loss_shape=list(sharded_scales[1].losses.shape),
@@ -72,6 +79,9 @@ def test_data_parallel_equals_single_device(tiny_checkpoint):
     # turns that into small pixel differences, as between torch thread counts)
     assert result["spatial_losses"] <= 1e-5
     assert result["spatial_mean"] <= 1e-3 and result["spatial_max"] <= 2e-2
+    # ... also with the decoder's row tiles (remat="decoder") inside the split rows
+    assert result["tiled_losses"] <= 1e-5
+    assert result["tiled_mean"] <= 1e-3 and result["tiled_max"] <= 2e-2
 
 
 def test_multihost_example_runs_on_one_host(tmp_path, tiny_checkpoint):
