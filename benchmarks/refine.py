@@ -127,12 +127,14 @@ def run_python_loop(args):
 
     @jax.jit
     def init(state, image_p, mask_p, operands):
-        z, _ = refine_lib.scale_problem(graphdef, state, image_p, mask_p, *operands, erosion=config.erosion)
+        z, _ = refine_lib.scale_problem(graphdef, state, image_p, mask_p, *operands, erosion=config.erosion,
+                                       remat=config.remat)
         return z, tx.init(z)
 
     @jax.jit
     def step(state, z, opt_state, image_p, mask_p, operands):
-        _, loss_fn = refine_lib.scale_problem(graphdef, state, image_p, mask_p, *operands, erosion=config.erosion)
+        _, loss_fn = refine_lib.scale_problem(graphdef, state, image_p, mask_p, *operands, erosion=config.erosion,
+                                             remat=config.remat)
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(z)
         updates, opt_state = tx.update(grads, opt_state, z)
         return optax.apply_updates(z, updates), opt_state, loss

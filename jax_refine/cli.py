@@ -48,8 +48,9 @@ _REFINE_HELP = {
     "early_stop_window": "iterations the --early-stop improvement is measured over",
     "scale_schedule": "halving: each scale half the next (LaMa); adaptive: coarsest scale at --min-side, "
                       "steps growing towards full resolution",
-    "remat": "memory policy of the backward pass: none (fastest), blocks (recompute residual blocks), "
-             "all (also the decoder stages); see BENCHMARKS.md for what each saves",
+    "remat": "memory policy of the backward pass: decoder (recompute the decoder, its full-resolution "
+             "end in row tiles: least memory), none (store everything), blocks (recompute residual "
+             "blocks), all (both); see BENCHMARKS.md for what each saves",
     "compute_dtype": "bfloat16 runs the network in bfloat16, FFTs, losses and Adam in float32 (for GPU/TPU; "
                      "on CPU slower and not smaller)",
 }

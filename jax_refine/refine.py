@@ -70,10 +70,12 @@ class RefineConfig:
         early_stop_window iterations, i.e. (L[i - window] - L[i]) / L[i - window] < early_stop;
         the result is then decoded from the features of iteration i (no further step).
       early_stop_window: iterations the improvement is measured over (>= 1).
-      remat: memory policy of the refinement's backward pass (model.REMAT_POLICIES): "none"
-        stores every activation (fastest); "blocks" recomputes each residual block's; "all"
-        also each decoder stage's (one extra decoder forward per step). On CPU, Big-LaMa at
-        1024² / 2048²: 3.90 / 12.90 GiB peak (none), 3.63 / 12.04 (blocks), 3.61 / 12.06 (all).
+      remat: memory policy of the refinement's backward pass (model.REMAT_POLICIES):
+        "decoder" recomputes the decoder's activations and runs its full-resolution tail in
+        row tiles; "none" stores every activation; "blocks" recomputes each residual block's;
+        "all" both. Big-LaMa on CPU at 1024² / 1536² / 2048² (BENCHMARKS.md): decoder 2.44 /
+        4.03 / 6.02 GiB peak at the speed of none, which needs 3.42 / 6.42 / 10.65; blocks
+        and all cost ~25 % time and blocks saves nothing on XLA-CPU (all: 2.48 / 4.11 / 6.27).
         Results are the same up to float rounding.
       compute_dtype: "float32", or "bfloat16": the network's convolutions and activations in
         bfloat16, while the FFTs, the losses, z and Adam stay float32 (54.5 dB from the float32
@@ -92,7 +94,7 @@ class RefineConfig:
     early_stop: float | None = None
     early_stop_window: int = 3
     scale_schedule: str = "halving"
-    remat: str = "none"
+    remat: str = "decoder"
     compute_dtype: str = "float32"
 
     def __post_init__(self):
