@@ -21,6 +21,7 @@ import itertools
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
@@ -338,7 +339,8 @@ class Placement:
     replicated), either data-parallel (every batched array split along its image axis; a batch
     is padded to a multiple of the device count by repeating its last image) or, with
     spatial=True, each image's rows split over the devices (image-sized arrays split along H,
-    the rest replicated; XLA's SPMD partitioner adds the halo exchanges and the gathers the
+    the rest replicated; a scale whose padded height the device count does not divide runs
+    whole on every device, with a warning; XLA's SPMD partitioner adds the halo exchanges and the gathers the
     FFTs need)."""
 
     def __init__(self, devices=None, spatial: bool = False):
@@ -366,6 +368,9 @@ class Placement:
         if not self.spatial:
             return tuple(jax.device_put(x, self._split) for x in arrays)
         # images and masks (B, H, W, C) by rows; matrices and references whole
+        if arrays[0].shape[1] % len(self.devices):
+            warnings.warn(f"spatial split: the padded height {arrays[0].shape[1]} is not a multiple of the "
+                          f"{len(self.devices)} devices, so this scale runs whole on every device", stacklevel=3)
         return tuple(jax.device_put(x, self._split if x.ndim == 4 and x.shape[1] % len(self.devices) == 0
                                     else self._replicated) for x in arrays)
 

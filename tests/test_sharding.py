@@ -47,7 +47,13 @@ alone_refined, alone_scales = refine_lib.refine(model, x[:1], m[:1], config)
 jax_refine.model.TAIL_TILE_PIXELS = 16 * 296
 tiled_config = RefineConfig(min_side=100, n_iters=4, remat="decoder")
 tiled, tiled_scales = refine_lib.refine(model, x[:1], m[:1], tiled_config, devices=jax.devices(), spatial=True)
+# rows that do not divide over the devices: said, not silently unsplit
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    refine_lib.Placement(jax.devices(), spatial=True).batched(np.zeros((1, 30, 8, 3), np.float32))
 print(json.dumps(dict(
+    uneven_warning=[str(w.message) for w in caught],
     spatial_max=float(np.abs(spatial - alone_refined).max()), spatial_mean=float(np.abs(spatial - alone_refined).mean()),
     spatial_losses=float(max(np.abs(a.losses - b.losses).max() for a, b in zip(spatial_scales[1:], alone_scales[1:]))),
     tiled_max=float(np.abs(tiled - alone_refined).max()), tiled_mean=float(np.abs(tiled - alone_refined).mean()),
@@ -71,6 +77,8 @@ def test_data_parallel_equals_single_device(tiny_checkpoint):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["loss_shape"] == [4, 3]
+    assert result["uneven_warning"] == ["spatial split: the padded height 30 is not a multiple of the 4 devices, "
+                                        "so this scale runs whole on every device"]
     assert result["refine"] <= 1e-6 and result["losses"] <= 1e-6 and result["predict"] <= 1e-6
     # each image of a 4-device batch gets what it gets alone (uint8: within one rounding step)
     assert result["batch_vs_alone"][3] == 0 and result["unchanged"]
