@@ -199,13 +199,13 @@ _UP_CONV = ((1, 1), ((1, 2), (1, 2)), (2, 2))  # strides, padding, input dilatio
 def up_conv2d(x, kernel):
     """UpConv's input-dilated conv, x (B, H, W, Cin) -> (B, 2H, 2W, Cout), computed per output phase.
 
-    As an input-dilated conv, 3 of every 4 input samples are zeros that XLA-CPU multiplies
-    like any other (and its conv runtime materialises the dilated input, which XLA's buffer
-    assignment does not see). Instead: output row 2i only takes kernel row 1 at input row i,
-    row 2i + 1 takes kernel rows 0 and 2 at input rows i and i + 1 (zero below the image), and
-    the same for columns; four small convs (1x1, 1x2, 2x1, 2x2 taps) give the four phases,
-    interleaved into the output: 4x fewer multiplies. The gradient is `conv2d`'s of the
-    dilated form (a strided conv, which XLA already computes without the zeros).
+    As an input-dilated conv, 3 of every 4 input samples are zeros, and XLA-CPU's conv
+    runtime materialises that dilated input outside XLA's buffer assignment (2 GiB for the
+    last upsampler at 2048², which made `estimate` run low). Instead: output row 2i only
+    takes kernel row 1 at input row i, row 2i + 1 takes kernel rows 0 and 2 at input rows i
+    and i + 1 (zero below the image), and the same for columns; four small convs (1x1, 1x2,
+    2x1, 2x2 taps) give the four phases, interleaved into the output (no zeros multiplied).
+    The gradient is `conv2d`'s of the dilated form (a strided conv, without the zeros).
     """
     return _up_conv2d(x, kernel, _IN_LOOP.get())
 
