@@ -79,7 +79,7 @@ class RefineConfig:
         and all cost ~25 % time and blocks saves nothing on XLA-CPU (all: 2.48 / 4.11 / 6.27).
         Results are the same up to float rounding.
       compute_dtype: "float32", or "bfloat16": the network's convolutions and activations in
-        bfloat16, while the FFTs, the losses, z and Adam stay float32 (54.5 dB from the float32
+        bfloat16, while the FFTs, the losses, z and Adam stay float32 (53.1 dB from the float32
         result on the README example). Meant for GPU/TPU (not measured there); XLA-CPU computes
         bfloat16 convolutions in float32, so on CPU it is slower and not smaller.
     """
@@ -339,9 +339,9 @@ class Placement:
     replicated), either data-parallel (every batched array split along its image axis; a batch
     is padded to a multiple of the device count by repeating its last image) or, with
     spatial=True, each image's rows split over the devices (image-sized arrays split along H,
-    the rest replicated; a scale whose padded height the device count does not divide runs
-    whole on every device, with a warning; XLA's SPMD partitioner adds the halo exchanges and the gathers the
-    FFTs need)."""
+    the rest replicated; XLA's SPMD partitioner adds the halo exchanges and the gathers the
+    FFTs need; a scale whose padded height the device count does not divide runs whole on
+    every device, with a warning)."""
 
     def __init__(self, devices=None, spatial: bool = False):
         self.devices = list(devices) if devices is not None else []
