@@ -268,15 +268,16 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
 def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
                   config: RefineConfig = RefineConfig(), devices=None, batch_size: int | None = None,
                   progress: bool | Callable[[Progress], None] | None = None, return_info: bool = False):
-    """Inpaint many images: images of the same size run together, data-parallel over devices.
+    """Inpaint many images: images of one `batch_key` (the same size; without refinement the
+    same padded size) run together, data-parallel over devices.
 
     Args:
       images, masks: equal-length sequences of what `inpaint` takes (sizes may differ).
       model, refine, config, progress: as `inpaint`.
       devices: the devices to split each batch over (default: all of `jax.devices()`); the
         weights are replicated, a batch is split along its image axis (jax.sharding Mesh).
-      batch_size: images per run (default: one per device); a group of same-size images is
-        cut into runs of this many, the last padded to a multiple of the device count.
+      batch_size: images per run (default: one per device); a group of images is cut into
+        runs of this many, the last padded to a multiple of the device count.
 
     Returns:
       The results in input order (each as `inpaint` returns it), and with return_info a list
@@ -302,18 +303,26 @@ def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, 
             holes.append(_hole(mask, sources[-1].rgb.shape[:2]))
         except ValueError as e:
             raise ValueError(f"image {index}: {e}") from None
+    model = resolve_model(model)
     groups: dict[tuple[int, int], list[int]] = {}
     for index, source in enumerate(sources):
-        groups.setdefault(source.rgb.shape[:2], []).append(index)
+        groups.setdefault(batch_key(source.rgb.shape[:2], refine, model.config.modulo), []).append(index)
     results, infos = [None] * len(images), [None] * len(images)
     for indices in groups.values():
         for start in range(0, len(indices), batch_size):
             run = indices[start:start + batch_size]
             outs, info = _inpaint_group([sources[i] for i in run], [holes[i] for i in run], model, refine, config,
                                         progress, devices)
-            for i, out in zip(run, outs):
-                results[i], infos[i] = out, info
+            for i, out in zip(run, outs):  # plain runs may mix sizes: each image its own work_size
+                results[i] = out
+                infos[i] = info if refine else dataclasses.replace(info, work_size=sources[i].rgb.shape[:2])
     return (results, infos) if return_info else results
+
+
+def batch_key(size: tuple[int, int], refine: bool, modulo: int) -> tuple[int, int]:
+    """Images with equal keys can share a run: with refinement the same (h, w), which sets every
+    scale of the pyramid; for plain prediction the same size padded to `modulo`."""
+    return tuple(size) if refine else tuple(refine_lib.padded(n, modulo) for n in size)
 
 
 def _source(image) -> _Image:
@@ -322,36 +331,42 @@ def _source(image) -> _Image:
 
 def _inpaint_group(sources: list[_Image], holes: list[np.ndarray], model, refine: bool, config: RefineConfig,
                    progress, devices=None, spatial: bool = False) -> tuple[list, InpaintInfo]:
-    """Inpaint same-size images in one batch, over `devices` data-parallel or (spatial) by rows;
-    images without a hole are returned unchanged."""
+    """Inpaint images of one `batch_key` in one batch, over `devices` data-parallel or (spatial)
+    by rows; images without a hole are returned unchanged."""
     h, w = sources[0].rgb.shape[:2]
     results = [source.restore(source.rgb, hole) for source, hole in zip(sources, holes)]
     todo = [i for i, hole in enumerate(holes) if hole.any()]
     if not todo:
         return results, InpaintInfo(refine, [], (h, w))
     model = resolve_model(model)
+    if not refine:  # each image padded to the common padded size as `predict` pads it alone
+        hp, wp = batch_key((h, w), False, model.config.modulo)
+        pad = functools.partial(refine_lib.pad_bottom_right, hp=hp, wp=wp, mode="symmetric")
+        out, _ = refine_lib.predict(model, np.concatenate([pad(sources[i].rgb[None]) for i in todo]),
+                                    np.concatenate([pad(holes[i][None, ..., None].astype(np.float32)) for i in todo]),
+                                    devices=devices, spatial=spatial)
+        for k, i in enumerate(todo):
+            size = holes[i].shape
+            results[i] = sources[i].restore(np.clip(out[k, :size[0], :size[1]], 0.0, 1.0), holes[i])
+        return results, InpaintInfo(False, [], (h, w))
     rgb = np.stack([sources[i].rgb for i in todo])
     hole_f = np.stack([holes[i] for i in todo])[..., None].astype(np.float32)
-    if not refine:
-        out, _ = refine_lib.predict(model, rgb, hole_f, devices=devices, spatial=spatial)
-        info = InpaintInfo(False, [], (h, w))
-    else:
-        on_scale, on_iteration, close = _progress_hooks(progress, config)
-        try:
-            out, scales = refine_lib.refine(model, rgb, hole_f, config, on_scale=on_scale, on_iteration=on_iteration,
-                                            devices=devices, spatial=spatial)
-        finally:
-            close()
-        info = InpaintInfo(True, scales, out.shape[1:3])
-        if out.shape[1:3] != (h, w):
-            oh, ow = out.shape[1:3]
-            if config.full_size_output:  # upscale the fill into the full-resolution image
-                out = np.asarray(pyramid.resize(out, h, w))
-            else:  # the original's behaviour: the result stays at the reduced size
-                for k, i in enumerate(todo):
-                    base = np.asarray(pyramid.resize(sources[i].channels[None], oh, ow))[0]
-                    results[i] = sources[i].restore(np.clip(out[k], 0.0, 1.0), np.ones((oh, ow), bool), base)
-                return results, info
+    on_scale, on_iteration, close = _progress_hooks(progress, config)
+    try:
+        out, scales = refine_lib.refine(model, rgb, hole_f, config, on_scale=on_scale, on_iteration=on_iteration,
+                                        devices=devices, spatial=spatial)
+    finally:
+        close()
+    info = InpaintInfo(True, scales, out.shape[1:3])
+    if out.shape[1:3] != (h, w):
+        oh, ow = out.shape[1:3]
+        if config.full_size_output:  # upscale the fill into the full-resolution image
+            out = np.asarray(pyramid.resize(out, h, w))
+        else:  # the original's behaviour: the result stays at the reduced size
+            for k, i in enumerate(todo):
+                base = np.asarray(pyramid.resize(sources[i].channels[None], oh, ow))[0]
+                results[i] = sources[i].restore(np.clip(out[k], 0.0, 1.0), np.ones((oh, ow), bool), base)
+            return results, info
     for k, i in enumerate(todo):
         results[i] = sources[i].restore(np.clip(out[k], 0.0, 1.0), holes[i])
     return results, info

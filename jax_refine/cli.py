@@ -706,9 +706,12 @@ class _ItemRunner:
         self._finish(item, image, result, info, time.perf_counter() - start)
 
     def batched(self, items: list[Item], batch_size: int) -> None:
-        """Open every item, collect same-size images into batches of batch_size and run each
-        batch data-parallel over all devices; a batch that fails is retried image by image,
-        so one bad image fails alone."""
+        """Open every item, collect images of one `batch_key` (the same size; with --no-refine
+        the same padded size) into batches of batch_size and run each batch data-parallel over
+        all devices; a batch that fails is retried image by image, so one bad image fails alone."""
+        from .api import batch_key, resolve_model
+
+        modulo = resolve_model(self.model).config.modulo
         buckets: dict[tuple[int, int], list] = {}
         for item in items:
             try:
@@ -716,10 +719,11 @@ class _ItemRunner:
             except ItemError as e:
                 self.reporter.failed(e.path, e.reason)
                 continue
-            bucket = buckets.setdefault(image.size, [])
+            key = batch_key((image.height, image.width), self.args.refine, modulo)
+            bucket = buckets.setdefault(key, [])
             bucket.append((item, image, mask))
             if len(bucket) == batch_size:
-                self._run_batch(buckets.pop(image.size))
+                self._run_batch(buckets.pop(key))
         for bucket in buckets.values():
             self._run_batch(bucket)
 

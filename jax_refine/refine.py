@@ -188,7 +188,7 @@ def padded(n: int, modulo: int) -> int:
     return max(-(-n // modulo) * modulo, 2 * modulo)
 
 
-def _pad(x: np.ndarray, hp: int, wp: int, mode: str) -> np.ndarray:
+def pad_bottom_right(x: np.ndarray, hp: int, wp: int, mode: str) -> np.ndarray:
     """Pad (B, H, W, C) at the bottom/right to (hp, wp)."""
     return np.pad(x, ((0, 0), (0, hp - x.shape[1]), (0, wp - x.shape[2]), (0, 0)), mode=mode)
 
@@ -387,7 +387,7 @@ def predict(model: Lama, image: np.ndarray, mask: np.ndarray, *, pad_mode: str =
     hp, wp = padded(h, model.config.modulo), padded(w, model.config.modulo)
     graphdef, state = _split(model)
     out, pred = _predict_program(graphdef, place.weights(state), *place.batched(
-        _pad(place.pad_batch(image), hp, wp, pad_mode), _pad(place.pad_batch(mask), hp, wp, pad_mode)))
+        pad_bottom_right(place.pad_batch(image), hp, wp, pad_mode), pad_bottom_right(place.pad_batch(mask), hp, wp, pad_mode)))
     return np.asarray(out)[:b, :h, :w], np.asarray(pred)[:b, :h, :w]
 
 
@@ -443,8 +443,8 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
     infos, result = [], None
     for index, ((level_image, level_mask), scale) in enumerate(zip(levels, plan)):
         (lh, lw), (hp, wp), refined = scale.size, scale.padded_size, scale.refined
-        image_p = _pad(level_image, hp, wp, "reflect")
-        mask_p = pyramid.round_up(_pad(level_mask, hp, wp, "reflect"))
+        image_p = pad_bottom_right(level_image, hp, wp, "reflect")
+        mask_p = pyramid.round_up(pad_bottom_right(level_mask, hp, wp, "reflect"))
         info = ScaleInfo((lh, lw), (hp, wp), refined, np.zeros((0, batch), np.float32), 0.0)
         if on_scale is not None:
             on_scale(index, len(levels), info)
@@ -481,7 +481,7 @@ def scale_operands(ref: np.ndarray, scale: ScalePlan, modulo: int):
             for n, n_out, rows, cols in zip(scale.size, ref.shape[1:3], frame, scale.padded_size)]
     half = [batched(pyramid.resize_matrix(n, n_out), rows, cols)
             for n, n_out, rows, cols in zip(scale.size, ref.shape[1:3], frame, scale.padded_size)]
-    return (_pad(ref, *frame, "constant"), *down, *half)
+    return (pad_bottom_right(ref, *frame, "constant"), *down, *half)
 
 
 # --------------------------------------------------------------------------------------

@@ -71,3 +71,28 @@ def test_empty_mask_returns_the_input_without_a_model(small):
 def test_bad_input_gives_a_clear_error(bad_image, bad_mask, message):
     with pytest.raises(ValueError, match=message):
         inpaint(bad_image, bad_mask, model="/nonexistent/model")
+
+
+def test_plain_batches_group_by_padded_size(tiny_model, monkeypatch):
+    """Without refinement, 233x296 and 240x290 (both padded to 240x296) share one run; with
+    refinement they run apart (their pyramids differ). Each result equals inpainting alone."""
+    import jax_refine
+    from jax_refine import api
+
+    image, mask = load_golden_image("chelsea_240x296")
+    images = [image[:233], image[:, :290], image[:, 3:293][::-1]]
+    masks = [mask[:233] > 0, mask[:, :290] > 0, (mask[:, 3:293] > 0)[::-1]]
+    runs = []
+    group = api._inpaint_group
+    monkeypatch.setattr(api, "_inpaint_group",
+                        lambda sources, *a, **k: runs.append(len(sources)) or group(sources, *a, **k))
+    plain, infos = jax_refine.inpaint_batch(images, masks, tiny_model, refine=False, batch_size=3, return_info=True)
+    assert runs == [3]
+    assert [info.work_size for info in infos] == [(233, 296), (240, 290), (240, 290)]
+    for im, m, out in zip(images, masks, plain):
+        np.testing.assert_allclose(out, inpaint(im, m, tiny_model, refine=False), atol=1e-5)
+    assert api.batch_key((233, 296), True, 8) == (233, 296) and api.batch_key((233, 296), False, 8) == (240, 296)
+    runs.clear()
+    jax_refine.inpaint_batch(images[:2], masks[:2], tiny_model, config=jax_refine.RefineConfig(min_side=100, n_iters=2),
+                             batch_size=2)
+    assert runs == [1, 1]
