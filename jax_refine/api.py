@@ -303,10 +303,9 @@ def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, 
             holes.append(_hole(mask, sources[-1].rgb.shape[:2]))
         except ValueError as e:
             raise ValueError(f"image {index}: {e}") from None
-    model = resolve_model(model)
     groups: dict[tuple[int, int], list[int]] = {}
     for index, source in enumerate(sources):
-        groups.setdefault(batch_key(source.rgb.shape[:2], refine, model.config.modulo), []).append(index)
+        groups.setdefault(batch_key(source.rgb.shape[:2], refine, model), []).append(index)
     results, infos = [None] * len(images), [None] * len(images)
     for indices in groups.values():
         for start in range(0, len(indices), batch_size):
@@ -319,10 +318,12 @@ def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, 
     return (results, infos) if return_info else results
 
 
-def batch_key(size: tuple[int, int], refine: bool, modulo: int) -> tuple[int, int]:
+def batch_key(size: tuple[int, int], refine: bool, model: Lama | str | os.PathLike | None) -> tuple[int, int]:
     """Images with equal keys can share a run: with refinement the same (h, w), which sets every
-    scale of the pyramid; for plain prediction the same size padded to `modulo`."""
-    return tuple(size) if refine else tuple(refine_lib.padded(n, modulo) for n in size)
+    scale of the pyramid; for plain prediction the same size padded to the model's modulo."""
+    if refine:
+        return tuple(size)
+    return tuple(refine_lib.padded(n, resolve_model(model).config.modulo) for n in size)
 
 
 def _source(image) -> _Image:
@@ -340,7 +341,7 @@ def _inpaint_group(sources: list[_Image], holes: list[np.ndarray], model, refine
         return results, InpaintInfo(refine, [], (h, w))
     model = resolve_model(model)
     if not refine:  # each image padded to the common padded size as `predict` pads it alone
-        hp, wp = batch_key((h, w), False, model.config.modulo)
+        hp, wp = batch_key((h, w), False, model)
         pad = functools.partial(refine_lib.pad_bottom_right, hp=hp, wp=wp, mode="symmetric")
         out, _ = refine_lib.predict(model, np.concatenate([pad(sources[i].rgb[None]) for i in todo]),
                                     np.concatenate([pad(holes[i][None, ..., None].astype(np.float32)) for i in todo]),

@@ -709,9 +709,8 @@ class _ItemRunner:
         """Open every item, collect images of one `batch_key` (the same size; with --no-refine
         the same padded size) into batches of batch_size and run each batch data-parallel over
         all devices; a batch that fails is retried image by image, so one bad image fails alone."""
-        from .api import batch_key, resolve_model
+        from .api import batch_key
 
-        modulo = resolve_model(self.model).config.modulo
         buckets: dict[tuple[int, int], list] = {}
         for item in items:
             try:
@@ -719,7 +718,7 @@ class _ItemRunner:
             except ItemError as e:
                 self.reporter.failed(e.path, e.reason)
                 continue
-            key = batch_key((image.height, image.width), self.args.refine, modulo)
+            key = batch_key((image.height, image.width), self.args.refine, self.model)
             bucket = buckets.setdefault(key, [])
             bucket.append((item, image, mask))
             if len(bucket) == batch_size:

@@ -387,7 +387,7 @@ def predict(model: Lama, image: np.ndarray, mask: np.ndarray, *, pad_mode: str =
     hp, wp = padded(h, model.config.modulo), padded(w, model.config.modulo)
     graphdef, state = _split(model)
     out, pred = _predict_program(graphdef, place.weights(state), *place.batched(
-        pad_bottom_right(place.pad_batch(image), hp, wp, pad_mode), pad_bottom_right(place.pad_batch(mask), hp, wp, pad_mode)))
+        *(pad_bottom_right(place.pad_batch(x), hp, wp, pad_mode) for x in (image, mask))))
     return np.asarray(out)[:b, :h, :w], np.asarray(pred)[:b, :h, :w]
 
 
