@@ -251,12 +251,12 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
     source = _source(image)
     hole = _hole(mask, source.rgb.shape[:2])
     if crop_margin is None:
-        [result], info = _inpaint_group([source], [hole], model, refine, config, progress, devices, spatial=True)
+        [result], [info] = _inpaint_group([source], [hole], model, refine, config, progress, devices, spatial=True)
         return (result, info) if return_info else result
     filled, info = source.rgb.copy(), InpaintInfo(refine, [], source.rgb.shape[:2], hole_regions(hole, crop_margin))
     for top, left, bottom, right in info.crops:
         window = (slice(top, bottom), slice(left, right))
-        [out], crop_info = _inpaint_group([_image_from_array(filled[window])], [hole[window]], model, refine,
+        [out], [crop_info] = _inpaint_group([_image_from_array(filled[window])], [hole[window]], model, refine,
                                           dataclasses.replace(config, full_size_output=True), progress, devices,
                                           spatial=True)
         filled[window] = out
@@ -268,8 +268,9 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
 def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
                   config: RefineConfig = RefineConfig(), devices=None, batch_size: int | None = None,
                   progress: bool | Callable[[Progress], None] | None = None, return_info: bool = False):
-    """Inpaint many images: images of one `batch_key` (the same size; without refinement the
-    same padded size) run together, data-parallel over devices.
+    """Inpaint many images: images of one `batch_key` (without refinement the same padded
+    size; with it, every pyramid level of the same padded size) run together, data-parallel
+    over devices.
 
     Args:
       images, masks: equal-length sequences of what `inpaint` takes (sizes may differ).
@@ -281,9 +282,10 @@ def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, 
 
     Returns:
       The results in input order (each as `inpaint` returns it), and with return_info a list
-      of `InpaintInfo`, one per image (images of one run share theirs). Each image's result
-      is the one `inpaint` gives it alone (up to float rounding of batched convolutions),
-      except that with early stopping a run stops when all its images have converged.
+      of `InpaintInfo`, one per image, with its own sizes (the images of one run share the
+      losses, one column per image, and the times). Each image's result is the one `inpaint`
+      gives it alone (up to float rounding of batched convolutions), except that with early
+      stopping a run stops when all its images have converged.
     """
     import jax
 
@@ -303,26 +305,27 @@ def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, 
             holes.append(_hole(mask, sources[-1].rgb.shape[:2]))
         except ValueError as e:
             raise ValueError(f"image {index}: {e}") from None
-    groups: dict[tuple[int, int], list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
     for index, source in enumerate(sources):
-        groups.setdefault(batch_key(source.rgb.shape[:2], refine, model), []).append(index)
+        groups.setdefault(batch_key(source.rgb.shape[:2], refine, model, config), []).append(index)
     results, infos = [None] * len(images), [None] * len(images)
     for indices in groups.values():
         for start in range(0, len(indices), batch_size):
             run = indices[start:start + batch_size]
-            outs, info = _inpaint_group([sources[i] for i in run], [holes[i] for i in run], model, refine, config,
-                                        progress, devices)
-            for i, out in zip(run, outs):  # plain runs may mix sizes: each image its own work_size
-                results[i] = out
-                infos[i] = info if refine else dataclasses.replace(info, work_size=sources[i].rgb.shape[:2])
+            outs, run_infos = _inpaint_group([sources[i] for i in run], [holes[i] for i in run], model, refine,
+                                             config, progress, devices)
+            for i, out, info in zip(run, outs, run_infos):
+                results[i], infos[i] = out, info
     return (results, infos) if return_info else results
 
 
-def batch_key(size: tuple[int, int], refine: bool, model: Lama | str | os.PathLike | None) -> tuple[int, int]:
-    """Images with equal keys can share a run: with refinement the same (h, w), which sets every
-    scale of the pyramid; for plain prediction the same size padded to the model's modulo."""
+def batch_key(size: tuple[int, int], refine: bool, model: Lama | str | os.PathLike | None,
+              config: RefineConfig = RefineConfig()) -> tuple:
+    """Images with equal keys can share a run: for plain prediction the same size padded to the
+    model's modulo; with refinement `refine.run_key` (every pyramid level of `config` pads to
+    the same size), which needs no model."""
     if refine:
-        return tuple(size)
+        return refine_lib.run_key(*size, config)
     return tuple(refine_lib.padded(n, resolve_model(model).config.modulo) for n in size)
 
 
@@ -331,17 +334,17 @@ def _source(image) -> _Image:
 
 
 def _inpaint_group(sources: list[_Image], holes: list[np.ndarray], model, refine: bool, config: RefineConfig,
-                   progress, devices=None, spatial: bool = False) -> tuple[list, InpaintInfo]:
+                   progress, devices=None, spatial: bool = False) -> tuple[list, list[InpaintInfo]]:
     """Inpaint images of one `batch_key` in one batch, over `devices` data-parallel or (spatial)
-    by rows; images without a hole are returned unchanged."""
-    h, w = sources[0].rgb.shape[:2]
+    by rows; images without a hole are returned unchanged. Returns (results, an InpaintInfo per image)."""
     results = [source.restore(source.rgb, hole) for source, hole in zip(sources, holes)]
+    infos = [InpaintInfo(refine, [], hole.shape) for hole in holes]
     todo = [i for i, hole in enumerate(holes) if hole.any()]
     if not todo:
-        return results, InpaintInfo(refine, [], (h, w))
+        return results, infos
     model = resolve_model(model)
     if not refine:  # each image padded to the common padded size as `predict` pads it alone
-        hp, wp = batch_key((h, w), False, model)
+        hp, wp = batch_key(holes[todo[0]].shape, False, model)
         pad = functools.partial(refine_lib.pad_bottom_right, hp=hp, wp=wp, mode="symmetric")
         out, _ = refine_lib.predict(model, np.concatenate([pad(sources[i].rgb[None]) for i in todo]),
                                     np.concatenate([pad(holes[i][None, ..., None].astype(np.float32)) for i in todo]),
@@ -349,28 +352,26 @@ def _inpaint_group(sources: list[_Image], holes: list[np.ndarray], model, refine
         for k, i in enumerate(todo):
             size = holes[i].shape
             results[i] = sources[i].restore(np.clip(out[k, :size[0], :size[1]], 0.0, 1.0), holes[i])
-        return results, InpaintInfo(False, [], (h, w))
-    rgb = np.stack([sources[i].rgb for i in todo])
-    hole_f = np.stack([holes[i] for i in todo])[..., None].astype(np.float32)
+        return results, infos
     on_scale, on_iteration, close = _progress_hooks(progress, config)
     try:
-        out, scales = refine_lib.refine(model, rgb, hole_f, config, on_scale=on_scale, on_iteration=on_iteration,
-                                        devices=devices, spatial=spatial)
+        outs, scales = refine_lib.refine(model, [sources[i].rgb for i in todo],
+                                         [holes[i][..., None].astype(np.float32) for i in todo], config,
+                                         on_scale=on_scale, on_iteration=on_iteration, devices=devices, spatial=spatial)
     finally:
         close()
-    info = InpaintInfo(True, scales, out.shape[1:3])
-    if out.shape[1:3] != (h, w):
-        oh, ow = out.shape[1:3]
-        if config.full_size_output:  # upscale the fill into the full-resolution image
-            out = np.asarray(pyramid.resize(out, h, w))
+    for out, i in zip(outs, todo):
+        plan = refine_lib.plan_scales(*holes[i].shape, config)  # this image's sizes in the run's scales
+        infos[i] = InpaintInfo(True, [dataclasses.replace(s, size=p.size) for s, p in zip(scales, plan)], out.shape[:2])
+        if out.shape[:2] == holes[i].shape:
+            results[i] = sources[i].restore(np.clip(out, 0.0, 1.0), holes[i])
+        elif config.full_size_output:  # upscale the fill into the full-resolution image
+            full = np.asarray(pyramid.resize(out[None], *holes[i].shape))[0]
+            results[i] = sources[i].restore(np.clip(full, 0.0, 1.0), holes[i])
         else:  # the original's behaviour: the result stays at the reduced size
-            for k, i in enumerate(todo):
-                base = np.asarray(pyramid.resize(sources[i].channels[None], oh, ow))[0]
-                results[i] = sources[i].restore(np.clip(out[k], 0.0, 1.0), np.ones((oh, ow), bool), base)
-            return results, info
-    for k, i in enumerate(todo):
-        results[i] = sources[i].restore(np.clip(out[k], 0.0, 1.0), holes[i])
-    return results, info
+            base = np.asarray(pyramid.resize(sources[i].channels[None], *out.shape[:2]))[0]
+            results[i] = sources[i].restore(np.clip(out, 0.0, 1.0), np.ones(out.shape[:2], bool), base)
+    return results, infos
 
 
 def _is_pil(x) -> bool:

@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="inpaint each group of nearby holes in a crop with PX pixels of context around it "
                               "(small holes in large images; PX >= the hole size is advisable); default: whole image")
     inpaint.add_argument("--batch-size", metavar="N", type=int, default=1,
-                         help="folder modes: inpaint up to N same-size images together, split over all JAX "
+                         help="folder modes: inpaint up to N images of one padded size together, split over all JAX "
                               "devices (data parallel); a failing batch is retried image by image (default: 1)")
     inpaint.add_argument("-q", "--quiet", action="store_true",
                          help="no progress output; the summary only when something failed")
@@ -706,19 +706,19 @@ class _ItemRunner:
         self._finish(item, image, result, info, time.perf_counter() - start)
 
     def batched(self, items: list[Item], batch_size: int) -> None:
-        """Open every item, collect images of one `batch_key` (the same size; with --no-refine
-        the same padded size) into batches of batch_size and run each batch data-parallel over
+        """Open every item, collect images of one `batch_key` (the same padded size; refined,
+        at every pyramid level) into batches of batch_size and run each batch data-parallel over
         all devices; a batch that fails is retried image by image, so one bad image fails alone."""
         from .api import batch_key
 
-        buckets: dict[tuple[int, int], list] = {}
+        buckets: dict[tuple, list] = {}
         for item in items:
             try:
                 image, mask = self._open(item)
             except ItemError as e:
                 self.reporter.failed(e.path, e.reason)
                 continue
-            key = batch_key((image.height, image.width), self.args.refine, self.model)
+            key = batch_key((image.height, image.width), self.args.refine, self.model, self.config)
             bucket = buckets.setdefault(key, [])
             bucket.append((item, image, mask))
             if len(bucket) == batch_size:

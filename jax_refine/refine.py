@@ -163,9 +163,10 @@ class ScalePlan(NamedTuple):
     down_sigma: float
 
 
-def plan_scales(h: int, w: int, config: RefineConfig, model_modulo: int = 8) -> list[ScalePlan]:
-    """The scales `refine` runs for an (h, w) image (after the px_budget resize), coarsest first."""
-    if model_modulo > config.modulo or config.modulo % model_modulo:
+def plan_scales(h: int, w: int, config: RefineConfig, model_modulo: int | None = None) -> list[ScalePlan]:
+    """The scales `refine` runs for an (h, w) image (after the px_budget resize), coarsest first;
+    model_modulo, if given, is checked against config.modulo."""
+    if model_modulo is not None and (model_modulo > config.modulo or config.modulo % model_modulo):
         raise ValueError(f"RefineConfig.modulo={config.modulo} must be a multiple of the model's {model_modulo}")
     sizes = scale_sizes(*budget_size(h, w, config.px_budget), config)
     plan = []
@@ -181,6 +182,15 @@ def reference_frame(padded_size: tuple[int, int], previous_size: tuple[int, int]
     half the padded size when the previous scale fits in it (always for halving, so images of
     one padded size share a program), else the previous scale's own padded size."""
     return tuple(full // 2 if prev <= full // 2 else padded(prev, modulo) for full, prev in zip(padded_size, previous_size))
+
+
+def run_key(h: int, w: int, config: RefineConfig) -> tuple:
+    """Images of equal keys can be refined in one `refine` run: per scale, the padded size
+    the network runs at and the reference frame. Images of one size always share a key;
+    images of different sizes do when every pyramid level pads to the same size."""
+    plan = plan_scales(h, w, config)
+    frames = [reference_frame(scale.padded_size, previous.size, config.modulo) for previous, scale in zip(plan, plan[1:])]
+    return tuple(scale.padded_size for scale in plan) + tuple(frames)
 
 
 def padded(n: int, modulo: int) -> int:
@@ -395,7 +405,7 @@ def predict(model: Lama, image: np.ndarray, mask: np.ndarray, *, pad_mode: str =
 class ScaleInfo:
     """What one scale of a refinement did."""
 
-    size: tuple[int, int]         # (h, w) of this scale
+    size: tuple[int, int]         # (h, w) of this scale (of the first image, if a run mixes sizes)
     padded_size: tuple[int, int]  # (Hp, Wp) the network ran at
     refined: bool                 # False for the coarsest scale (a plain forward pass)
     losses: np.ndarray            # (iterations, B) loss per forward pass and image; empty if not refined
@@ -403,14 +413,18 @@ class ScaleInfo:
     iterations: int = 0           # forward passes run (n_iters unless stopped early; 1 for the coarsest)
 
 
-def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfig = RefineConfig(), *,
+def refine(model: Lama, image, mask, config: RefineConfig = RefineConfig(), *,
            on_scale: Callable | None = None, on_iteration: Callable | None = None, devices=None,
            spatial: bool = False):
-    """Multi-scale refinement of a batch of same-size images.
+    """Multi-scale refinement of a batch of images that share a `run_key`.
 
-    image (B, H, W, 3) float32 [0, 1]; mask (B, H, W, 1) binary {0, 1}, 1 = hole.
-    Returns (result (B, h, w, 3) float32, [ScaleInfo per scale, coarsest first]) where (h, w)
-    is the px_budget size (the caller decides how to bring it back to (H, W)).
+    image: (B, H, W, 3) float32 [0, 1], or a sequence of (H_i, W_i, 3) arrays of one
+    `run_key` (sizes may differ where every pyramid level pads to the same size); mask
+    likewise (..., 1), binary {0, 1}, 1 = hole.
+    Returns (result, [ScaleInfo per scale, coarsest first]): result (B, h, w, 3) float32 (a
+    list of (h_i, w_i, 3) for a sequence), where (h, w) is the px_budget size (the caller
+    decides how to bring it back to (H, W)). Each image gets its own pyramid, padded as it
+    would be alone.
 
     on_scale(index, n_scales, ScaleInfo-without-results) is called before each scale;
     on_iteration(i, losses_per_image) after each iteration of a refined scale.
@@ -420,53 +434,73 @@ def refine(model: Lama, image: np.ndarray, mask: np.ndarray, config: RefineConfi
     """
     import time
 
-    batch, place = image.shape[0], Placement(devices, spatial)
-    image, mask = place.pad_batch(image), place.pad_batch(mask)
-    if on_iteration is not None and image.shape[0] > batch:
+    stacked = getattr(image, "ndim", None) == 4
+    images, masks = [np.asarray(x, np.float32) for x in image], [np.asarray(x, np.float32) for x in mask]
+    if len(images) != len(masks) or any(x.shape[:2] != m.shape[:2] for x, m in zip(images, masks)):
+        raise ValueError("refine needs one mask of its image's size per image")
+    keys = {run_key(*x.shape[:2], config) for x in images}
+    if len(keys) > 1:
+        raise ValueError(f"these images have {len(keys)} different run_keys (pyramid levels that pad to "
+                         f"different sizes): refine each group of equal `run_key` on its own")
+    batch, place = len(images), Placement(devices, spatial)
+    if on_iteration is not None and place.pad_batch(np.zeros(batch)).shape[0] > batch:
         on_iteration = partial(lambda hook, i, losses: hook(i, losses[:batch]), on_iteration)
-    plan = plan_scales(image.shape[1], image.shape[2], config, model.config.modulo)
-    h, w = plan[-1].size
-    if (h, w) != image.shape[1:3]:
-        image = np.asarray(pyramid.resize(image, h, w))
-        mask = np.asarray(pyramid.round_up(pyramid.resize(mask, h, w)))
-    levels = [(image, mask)]
-    for finer, coarser in zip(plan[::-1], plan[::-1][1:]):  # each level from the next finer one
-        rows, cols = (pyramid.pyr_down_matrix(n, n_out, finer.down_sigma).astype(np.float32)
-                      for n, n_out in zip(finer.size, coarser.size))
-        prev_image, prev_mask = (jnp.asarray(x) for x in levels[-1])
-        levels.append((np.asarray(pyramid.apply_separable(prev_image, rows, cols)),
-                       np.asarray(pyramid.round_up(pyramid.apply_separable(prev_mask, rows, cols)))))
-    levels = levels[::-1]
+    plans = [plan_scales(*x.shape[:2], config, model.config.modulo) for x in images]
+    pyramids = [image_pyramid(x, m, plan) for x, m, plan in zip(images, masks, plans)]
+
+    def stack(arrays, hp, wp, mode):  # one (B', hp, wp, C) array, padded as each image alone
+        return place.pad_batch(np.concatenate([pad_bottom_right(x[None], hp, wp, mode) for x in arrays]))
 
     graphdef, state = _split(model)
     state = place.weights(state)
-    infos, result = [], None
-    for index, ((level_image, level_mask), scale) in enumerate(zip(levels, plan)):
-        (lh, lw), (hp, wp), refined = scale.size, scale.padded_size, scale.refined
-        image_p = pad_bottom_right(level_image, hp, wp, "reflect")
-        mask_p = pyramid.round_up(pad_bottom_right(level_mask, hp, wp, "reflect"))
-        info = ScaleInfo((lh, lw), (hp, wp), refined, np.zeros((0, batch), np.float32), 0.0)
+    infos, results = [], None
+    for index, scales in enumerate(zip(*plans)):  # this scale of every image
+        (hp, wp), refined = scales[0].padded_size, scales[0].refined
+        image_p = stack([levels[index][0] for levels in pyramids], hp, wp, "reflect")
+        mask_p = pyramid.round_up(stack([levels[index][1] for levels in pyramids], hp, wp, "reflect"))
+        info = ScaleInfo(scales[0].size, (hp, wp), refined, np.zeros((0, batch), np.float32), 0.0)
         if on_scale is not None:
-            on_scale(index, len(levels), info)
+            on_scale(index, len(plans[0]), info)
         start = time.perf_counter()
         if not refined:
             out, _ = _predict_program(graphdef, state, *place.batched(image_p, mask_p),
                                       compute_dtype=config.compute_dtype)
             info.iterations = 1
         else:
+            operands = [scale_operands(ref[None], scale, config.modulo) for ref, scale in zip(results, scales)]
+            operands = [place.pad_batch(np.concatenate(parts)) for parts in zip(*operands)]
             with _registered(on_iteration) as token:
                 out, losses, used = _refine_program(
-                    graphdef, state, *place.batched(image_p, mask_p, *scale_operands(result, scale, config.modulo)),
+                    graphdef, state, *place.batched(image_p, mask_p, *operands),
                     jnp.float32(config.lr), jnp.float32(-np.inf if config.early_stop is None else config.early_stop),
                     jnp.int32(config.early_stop_window), token, n_iters=config.n_iters, erosion=config.erosion,
                     remat=config.remat, compute_dtype=config.compute_dtype, report=on_iteration is not None)
                 out = jax.block_until_ready(out)
             info.iterations = int(used)
             info.losses = np.asarray(losses)[:info.iterations, :batch]
-        result = np.asarray(out)[:, :lh, :lw]
+        out = np.asarray(out)
+        results = [out[k, :h, :w] for k, (h, w) in enumerate(scale.size for scale in scales)]
         info.seconds = time.perf_counter() - start
         infos.append(info)
-    return result[:batch], infos
+    return (np.stack(results) if stacked else results), infos
+
+
+def image_pyramid(image: np.ndarray, mask: np.ndarray, plan: list[ScalePlan]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image (h, w, 3), mask (h, w, 1)) at every scale of `plan`, coarsest first: the input
+    resized to the finest scale's (px_budget) size if needed, then each level blurred and
+    resized from the next finer one; masks round up (any hole stays a hole)."""
+    image, mask = jnp.asarray(image[None]), jnp.asarray(mask[None])
+    h, w = plan[-1].size
+    if (h, w) != image.shape[1:3]:
+        image, mask = pyramid.resize(image, h, w), pyramid.round_up(pyramid.resize(mask, h, w))
+    levels = [(image, mask)]
+    for finer, coarser in zip(plan[::-1], plan[::-1][1:]):
+        rows, cols = (pyramid.pyr_down_matrix(n, n_out, finer.down_sigma).astype(np.float32)
+                      for n, n_out in zip(finer.size, coarser.size))
+        prev_image, prev_mask = levels[-1]
+        levels.append((pyramid.apply_separable(prev_image, rows, cols),
+                       pyramid.round_up(pyramid.apply_separable(prev_mask, rows, cols))))
+    return [(np.asarray(x)[0], np.asarray(m)[0]) for x, m in levels[::-1]]
 
 
 def scale_operands(ref: np.ndarray, scale: ScalePlan, modulo: int):

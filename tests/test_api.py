@@ -91,9 +91,30 @@ def test_plain_batches_group_by_padded_size(tiny_model, monkeypatch):
     assert [info.work_size for info in infos] == [(233, 296), (240, 290), (240, 290)]
     for im, m, out in zip(images, masks, plain):
         np.testing.assert_allclose(out, inpaint(im, m, tiny_model, refine=False), atol=1e-5)
-    assert api.batch_key((233, 296), True, tiny_model) == (233, 296)
     assert api.batch_key((233, 296), False, tiny_model) == (240, 296)
-    runs.clear()
-    jax_refine.inpaint_batch(images[:2], masks[:2], tiny_model, config=jax_refine.RefineConfig(min_side=100, n_iters=2),
-                             batch_size=2)
-    assert runs == [1, 1]
+
+
+def test_refined_batches_group_by_every_padded_level(tiny_model, monkeypatch):
+    """233x296 and 240x290 pad to 240x296 and their half-size levels (116x148, 120x145) to
+    120x152: one run, each image its own pyramid and the result it gets alone. 232x296 halves
+    to 116x148 too, but 225x296 to 112x148, which pads to 112x152: a run of its own."""
+    import jax_refine
+    from jax_refine import api
+
+    image, mask = load_golden_image("chelsea_240x296")
+    config = jax_refine.RefineConfig(min_side=100, n_iters=3)
+    images = [image[:233], image[:, :290], image[:225]]
+    masks = [mask[:233] > 0, mask[:, :290] > 0, mask[:225] > 0]
+    keys = [api.batch_key(im.shape[:2], True, None, config) for im in images]
+    assert keys[0] == keys[1] == ((120, 152), (240, 296), (120, 148)) and keys[2][0] == (112, 152)
+    runs = []
+    group = api._inpaint_group
+    monkeypatch.setattr(api, "_inpaint_group",
+                        lambda sources, *a, **k: runs.append(len(sources)) or group(sources, *a, **k))
+    batch, infos = jax_refine.inpaint_batch(images, masks, tiny_model, config=config, batch_size=3, return_info=True)
+    assert runs == [2, 1]
+    assert [[s.size for s in info.scales] for info in infos] == [
+        [(116, 148), (233, 296)], [(120, 145), (240, 290)], [(112, 148), (225, 296)]]
+    assert [info.work_size for info in infos] == [(233, 296), (240, 290), (225, 296)]
+    for im, m, out in zip(images, masks, batch):
+        np.testing.assert_allclose(out, inpaint(im, m, tiny_model, config=config), atol=1e-6)

@@ -276,6 +276,15 @@ def test_batch_equals_single_images(tiny_model):
     np.testing.assert_allclose(batch[1], single[0], atol=2e-4)
 
 
+def test_a_run_refuses_images_of_different_run_keys(tiny_model):
+    image, mask = load_golden_image("chelsea_240x296")
+    masks = [_binary(mask)[0], _binary(mask)[0, :225]]
+    with pytest.raises(ValueError, match="2 different run_keys"):  # levels 120x152 and 112x152
+        refine_lib.refine(tiny_model, [image, image[:225]], masks, RefineConfig(min_side=100))
+    with pytest.raises(ValueError, match="one mask of its image's size per image"):
+        refine_lib.refine(tiny_model, [image, image[:225]], masks[::-1], RefineConfig(min_side=100))
+
+
 def test_invalid_refine_config_is_refused():
     with pytest.raises(ValueError, match="n_iters must be a positive int"):
         RefineConfig(n_iters=0)

@@ -35,9 +35,10 @@ single, single_scales = refine_lib.refine(model, x, m, config)
 sharded, sharded_scales = refine_lib.refine(model, x, m, config, devices=jax.devices())  # 3 images padded to 4
 plain_single, _ = refine_lib.predict(model, x, m)
 plain_sharded, _ = refine_lib.predict(model, x, m, devices=jax.devices())
-# inpaint_batch: uint8 images of two sizes, one without a hole, on 4 devices
-u8 = [(im * 255).round().astype(np.uint8) for im in images] + [(image[:200] * 255).round().astype(np.uint8)]
-holes = masks + [np.zeros((200, 296), bool)]
+# inpaint_batch on 4 devices: uint8 images of three sizes, one without a hole; 233x296 shares
+# the 240x296 images' run (every level pads alike), so that run holds 4 images of 2 sizes
+u8 = [(im * 255).round().astype(np.uint8) for im in images + [image[:200], image[:233]]]
+holes = masks + [np.zeros((200, 296), bool), masks[0][:233]]
 batch = jax_refine.inpaint_batch(u8, holes, model, config=config)
 alone = [jax_refine.inpaint(im, h, model, config=config) for im, h in zip(u8, holes)]
 # one image's rows split over the 4 devices
