@@ -282,10 +282,10 @@ def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, 
 
     Returns:
       The results in input order (each as `inpaint` returns it), and with return_info a list
-      of `InpaintInfo`, one per image, with its own sizes (the images of one run share the
-      losses, one column per image, and the times). Each image's result is the one `inpaint`
-      gives it alone (up to float rounding of batched convolutions), except that with early
-      stopping a run stops when all its images have converged.
+      of `InpaintInfo`, one per image, with its own sizes and losses (the images of one run
+      share its times). Each image's result is the one `inpaint` gives it alone (up to float
+      rounding of batched convolutions), except that with early stopping a run stops when all
+      its images have converged.
     """
     import jax
 
@@ -360,9 +360,10 @@ def _inpaint_group(sources: list[_Image], holes: list[np.ndarray], model, refine
                                          on_scale=on_scale, on_iteration=on_iteration, devices=devices, spatial=spatial)
     finally:
         close()
-    for out, i in zip(outs, todo):
-        plan = refine_lib.plan_scales(*holes[i].shape, config)  # this image's sizes in the run's scales
-        infos[i] = InpaintInfo(True, [dataclasses.replace(s, size=p.size) for s, p in zip(scales, plan)], out.shape[:2])
+    for k, (out, i) in enumerate(zip(outs, todo)):
+        plan = refine_lib.plan_scales(*holes[i].shape, config)  # this image's sizes and losses in the run's scales
+        infos[i] = InpaintInfo(True, [dataclasses.replace(s, size=p.size, losses=s.losses[:, k:k + 1])
+                                      for s, p in zip(scales, plan)], out.shape[:2])
         if out.shape[:2] == holes[i].shape:
             results[i] = sources[i].restore(np.clip(out, 0.0, 1.0), holes[i])
         elif config.full_size_output:  # upscale the fill into the full-resolution image

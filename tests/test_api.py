@@ -116,5 +116,8 @@ def test_refined_batches_group_by_every_padded_level(tiny_model, monkeypatch):
     assert [[s.size for s in info.scales] for info in infos] == [
         [(116, 148), (233, 296)], [(120, 145), (240, 290)], [(112, 148), (225, 296)]]
     assert [info.work_size for info in infos] == [(233, 296), (240, 290), (225, 296)]
-    for im, m, out in zip(images, masks, batch):
-        np.testing.assert_allclose(out, inpaint(im, m, tiny_model, config=config), atol=1e-6)
+    for im, m, out, info in zip(images, masks, batch, infos):
+        alone, alone_info = inpaint(im, m, tiny_model, config=config, return_info=True)
+        np.testing.assert_allclose(out, alone, atol=1e-6)
+        assert info.scales[-1].losses.shape == (3, 1)  # its own column of the run's losses
+        np.testing.assert_allclose(info.scales[-1].losses, alone_info.scales[-1].losses, atol=1e-6)
