@@ -436,14 +436,14 @@ def refine(model: Lama, image, mask, config: RefineConfig = RefineConfig(), *,
 
     stacked = getattr(image, "ndim", None) == 4
     images, masks = [np.asarray(x, np.float32) for x in image], [np.asarray(x, np.float32) for x in mask]
-    if len(images) != len(masks) or any(x.shape[:2] != m.shape[:2] for x, m in zip(images, masks)):
-        raise ValueError("refine needs one mask of its image's size per image")
+    if not images or len(images) != len(masks) or any(x.shape[:2] != m.shape[:2] for x, m in zip(images, masks)):
+        raise ValueError("refine needs one or more images and one mask of its image's size per image")
     keys = {run_key(*x.shape[:2], config) for x in images}
     if len(keys) > 1:
         raise ValueError(f"these images have {len(keys)} different run_keys (pyramid levels that pad to "
                          f"different sizes): refine each group of equal `run_key` on its own")
     batch, place = len(images), Placement(devices, spatial)
-    if on_iteration is not None and place.pad_batch(np.zeros(batch)).shape[0] > batch:
+    if on_iteration is not None:  # without the copies `place` pads the batch with
         on_iteration = partial(lambda hook, i, losses: hook(i, losses[:batch]), on_iteration)
     plans = [plan_scales(*x.shape[:2], config, model.config.modulo) for x in images]
     pyramids = [image_pyramid(x, m, plan) for x, m, plan in zip(images, masks, plans)]

@@ -283,6 +283,8 @@ def test_a_run_refuses_images_of_different_run_keys(tiny_model):
         refine_lib.refine(tiny_model, [image, image[:225]], masks, RefineConfig(min_side=100))
     with pytest.raises(ValueError, match="one mask of its image's size per image"):
         refine_lib.refine(tiny_model, [image, image[:225]], masks[::-1], RefineConfig(min_side=100))
+    with pytest.raises(ValueError, match="one or more images"):
+        refine_lib.refine(tiny_model, [], [], RefineConfig(min_side=100))
 
 
 def test_invalid_refine_config_is_refused():
