@@ -96,8 +96,8 @@ def test_plain_batches_group_by_padded_size(tiny_model, monkeypatch):
 
 def test_refined_batches_group_by_every_padded_level(tiny_model, monkeypatch):
     """233x296 and 240x290 pad to 240x296 and their half-size levels (116x148, 120x145) to
-    120x152: one run, each image its own pyramid and the result it gets alone. 232x296 halves
-    to 116x148 too, but 225x296 to 112x148, which pads to 112x152: a run of its own."""
+    120x152: one run, each image its own pyramid and the result it gets alone. 225x296
+    halves to 112x148, which pads to 112x152: a run of its own."""
     import jax_refine
     from jax_refine import api
 
