@@ -348,18 +348,38 @@ def check_outputs(items: list[Item], overwrite: bool, extra_inputs=()) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def open_image(path: Path):
-    """A fully read PIL image; any problem raises ItemError naming the file."""
-    from PIL import Image
-
+@contextlib.contextmanager
+def _reading(path: Path):
+    """Turns any problem while reading the image at `path` into an ItemError naming it."""
     try:
-        with Image.open(path) as image:
-            image.load()
+        yield
     except FileNotFoundError:
         raise ItemError(path, "no such file") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for damaged files
         raise ItemError(path, f"cannot read image: {e}") from None
+
+
+def open_image(path: Path):
+    """A fully read PIL image; any problem raises ItemError naming the file."""
+    from PIL import Image
+
+    with _reading(path), Image.open(path) as image:
+        image.load()
     return image
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def upright_size(path: Path) -> tuple[int, int]:
+    """(h, w) of the image at `path` as `inpaint` sees it (EXIF orientation applied), read
+    from the file's header without decoding its pixels; ItemError on any problem."""
+    from PIL import Image
+
+    with _reading(path), Image.open(path) as image:
+        w, h = image.size
+        transposed = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # rotated by 90 or 270
+    return (w, h) if transposed else (h, w)
 
 
 def output_format(path: Path) -> str:
@@ -706,25 +726,32 @@ class _ItemRunner:
         self._finish(item, image, result, info, time.perf_counter() - start)
 
     def batched(self, items: list[Item], batch_size: int) -> None:
-        """Open every item, collect images of one `batch_key` (the same padded size; refined,
-        at every pyramid level) into batches of batch_size and run each batch data-parallel over
-        all devices; a batch that fails is retried image by image, so one bad image fails alone."""
+        """Group the items by `batch_key` (the same padded size; refined, at every pyramid
+        level) from their files' headers, then open and run one batch of batch_size at a time,
+        data-parallel over all devices, so one batch of images is in memory at a time; a batch
+        that fails is retried image by image, so one bad image fails alone."""
         from .api import batch_key
 
-        buckets: dict[tuple, list] = {}
+        buckets: dict[tuple, list[Item]] = {}
         for item in items:
             try:
-                image, mask = self._open(item)
+                if item.problem is not None:
+                    raise ItemError(item.name, item.problem)
+                size = upright_size(item.image)
             except ItemError as e:
                 self.reporter.failed(e.path, e.reason)
                 continue
-            key = batch_key((image.height, image.width), self.args.refine, self.model, self.config)
-            bucket = buckets.setdefault(key, [])
-            bucket.append((item, image, mask))
-            if len(bucket) == batch_size:
-                self._run_batch(buckets.pop(key))
+            buckets.setdefault(batch_key(size, self.args.refine, self.model, self.config), []).append(item)
         for bucket in buckets.values():
-            self._run_batch(bucket)
+            for start in range(0, len(bucket), batch_size):
+                opened = []
+                for item in bucket[start:start + batch_size]:
+                    try:
+                        opened.append((item, *self._open(item)))
+                    except ItemError as e:
+                        self.reporter.failed(e.path, e.reason)
+                if opened:
+                    self._run_batch(opened)
 
     def _run_batch(self, bucket) -> None:
         from .api import inpaint_batch
@@ -771,8 +798,6 @@ class _ItemRunner:
 
 def dry_run(items: list[Item], model, refine: bool, config: RefineConfig) -> int:
     """Print the expected peak memory of every item (one compilation per distinct size)."""
-    from PIL import ImageOps
-
     from .api import estimate
 
     by_size, failed = {}, 0
@@ -780,8 +805,7 @@ def dry_run(items: list[Item], model, refine: bool, config: RefineConfig) -> int
         try:
             if item.problem is not None:
                 raise ItemError(item.name, item.problem)
-            image = ImageOps.exif_transpose(open_image(item.image))  # the size inpaint will see
-            size = (image.height, image.width)
+            size = upright_size(item.image)
         except ItemError as e:
             failed += 1
             print(f"failed: {e.path}: {e.reason}", file=sys.stderr)

@@ -123,6 +123,32 @@ def test_lama_folder_with_bad_items(tmp_path, tiny_checkpoint, pairs, capsys):
     assert "1 done, 4 failed" in capsys.readouterr().out
 
 
+def test_batches_are_grouped_from_headers_and_opened_one_batch_at_a_time(tmp_path, tiny_checkpoint, pairs,
+                                                                           monkeypatch):
+    """--batch-size reads only the files' headers to group (EXIF orientation applied), then
+    opens the images of one batch at a time: a folder of many sizes is never all in memory."""
+    data = tmp_path / "data"
+    data.mkdir()
+    small = [x.crop((0, 0, 64, 48)) for x in pairs["coffee"]]  # another padded size than SIZE
+    for name, (image, mask) in [("a", small), ("b", pairs["chelsea"]), ("c", small), ("d", pairs["chelsea"])]:
+        image.save(data / f"{name}.png")
+        mask.save(data / f"{name}_mask.png")
+    exif = Image.Exif()
+    exif[cli.EXIF_ORIENTATION] = 6  # stored turned by 90 degrees: upright, it is b
+    pairs["chelsea"][0].transpose(Image.Transpose.ROTATE_90).save(data / "e.png", exif=exif)
+    pairs["chelsea"][1].save(data / "e_mask.png")
+    assert cli.upright_size(data / "e.png") == (SIZE[1], SIZE[0])
+    events = []
+    open_image, run_batch = cli.open_image, cli._ItemRunner._run_batch
+    monkeypatch.setattr(cli, "open_image", lambda path: events.append(path.stem) or open_image(path))
+    monkeypatch.setattr(cli._ItemRunner, "_run_batch",
+                        lambda self, bucket: events.append("run") or run_batch(self, bucket))
+    out = tmp_path / "out"
+    assert run("inpaint", data, "-o", out, "--batch-size", 2, *inpaint_args(tiny_checkpoint, "--no-refine")) == 0
+    assert events == ["a", "a_mask", "c", "c_mask", "run", "b", "b_mask", "d", "d_mask", "run", "e", "e_mask", "run"]
+    assert np.array_equal(pixels(out / "e_mask.png"), pixels(out / "b_mask.png"))  # e is b, stored turned
+
+
 def test_batches_equal_single_images_and_a_bad_item_fails_alone(tmp_path, tiny_checkpoint, pairs, capsys):
     data = tmp_path / "data"
     data.mkdir()
