@@ -695,7 +695,7 @@ def run_inpaint(args) -> int:
 
 
 class _ItemRunner:
-    """Inpaints items one at a time or in batches of same-size images, reporting each."""
+    """Inpaints items one at a time or in batches of one `batch_key`, reporting each."""
 
     def __init__(self, args, model, config: RefineConfig, shared_mask, reporter: Reporter):
         self.args, self.model, self.config, self.shared_mask, self.reporter = args, model, config, shared_mask, reporter
