@@ -382,6 +382,13 @@ def upright_size(path: Path) -> tuple[int, int]:
     return (w, h) if transposed else (h, w)
 
 
+def item_size(item: Item) -> tuple[int, int]:
+    """`upright_size` of an item's image; ItemError if the item has a problem."""
+    if item.problem is not None:
+        raise ItemError(item.name, item.problem)
+    return upright_size(item.image)
+
+
 def output_format(path: Path) -> str:
     """PIL format name from the output's extension; UsageError if none can write it."""
     from PIL import Image
@@ -735,9 +742,7 @@ class _ItemRunner:
         buckets: dict[tuple, list[Item]] = {}
         for item in items:
             try:
-                if item.problem is not None:
-                    raise ItemError(item.name, item.problem)
-                size = upright_size(item.image)
+                size = item_size(item)
             except ItemError as e:
                 self.reporter.failed(e.path, e.reason)
                 continue
@@ -803,9 +808,7 @@ def dry_run(items: list[Item], model, refine: bool, config: RefineConfig) -> int
     by_size, failed = {}, 0
     for item in items:
         try:
-            if item.problem is not None:
-                raise ItemError(item.name, item.problem)
-            size = upright_size(item.image)
+            size = item_size(item)
         except ItemError as e:
             failed += 1
             print(f"failed: {e.path}: {e.reason}", file=sys.stderr)

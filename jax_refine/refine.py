@@ -188,8 +188,12 @@ def run_key(h: int, w: int, config: RefineConfig) -> tuple:
     """Images of equal keys can be refined in one `refine` run: per scale, the padded size
     the network runs at and the reference frame. Images of one size always share a key;
     images of different sizes do when every pyramid level pads to the same size."""
-    plan = plan_scales(h, w, config)
-    frames = [reference_frame(scale.padded_size, previous.size, config.modulo) for previous, scale in zip(plan, plan[1:])]
+    return _plan_key(plan_scales(h, w, config), config.modulo)
+
+
+def _plan_key(plan: list[ScalePlan], modulo: int) -> tuple:
+    """`run_key` of an image whose scales are `plan`."""
+    frames = [reference_frame(scale.padded_size, previous.size, modulo) for previous, scale in zip(plan, plan[1:])]
     return tuple(scale.padded_size for scale in plan) + tuple(frames)
 
 
@@ -438,14 +442,14 @@ def refine(model: Lama, image, mask, config: RefineConfig = RefineConfig(), *,
     images, masks = [np.asarray(x, np.float32) for x in image], [np.asarray(x, np.float32) for x in mask]
     if not images or len(images) != len(masks) or any(x.shape[:2] != m.shape[:2] for x, m in zip(images, masks)):
         raise ValueError("refine needs one or more images and one mask of its image's size per image")
-    keys = {run_key(*x.shape[:2], config) for x in images}
+    plans = [plan_scales(*x.shape[:2], config, model.config.modulo) for x in images]
+    keys = {_plan_key(plan, config.modulo) for plan in plans}
     if len(keys) > 1:
         raise ValueError(f"these images have {len(keys)} different run_keys (pyramid levels that pad to "
                          f"different sizes): refine each group of equal `run_key` on its own")
     batch, place = len(images), Placement(devices, spatial)
     if on_iteration is not None:  # without the copies `place` pads the batch with
         on_iteration = partial(lambda hook, i, losses: hook(i, losses[:batch]), on_iteration)
-    plans = [plan_scales(*x.shape[:2], config, model.config.modulo) for x in images]
     pyramids = [image_pyramid(x, m, plan) for x, m, plan in zip(images, masks, plans)]
 
     def stack(arrays, hp, wp, mode):  # one (B', hp, wp, C) array, padded as each image alone
