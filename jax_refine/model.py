@@ -25,8 +25,11 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from . import prior
+
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 REMAT_POLICIES = ("none", "blocks", "decoder", "all")
+OUTPUTS = ("sigmoid", "residual")
 
 
 # --------------------------------------------------------------------------------------
@@ -343,8 +346,12 @@ class LamaConfig:
       n_blocks: number of FFC residual blocks.
       ratio: share of global (spectral) channels in the residual blocks
         (LaMa's resnet_conv_kwargs ratio_gin = ratio_gout).
-      input_nc / output_nc: 4 (RGB with holes zeroed + mask) / 3 (RGB).
+      input_nc / output_nc: 4 (RGB with holes filled + mask) / 3 (RGB).
       max_features: LaMa's channel cap (never binds for Big-LaMa).
+      hole_fill: what the input holds in the holes (`prior.HOLE_FILLS`): "zeros" (LaMa) or
+        "pull-push" (a smooth continuation of the surrounding colours, `prior.pull_push`).
+      output: "sigmoid" (LaMa: sigmoid of the head), or "residual": the head's output added
+        to the input's colour channels, so a model whose head is zero returns its hole fill.
     """
 
     ngf: int = 64
@@ -354,6 +361,8 @@ class LamaConfig:
     input_nc: int = 4
     output_nc: int = 3
     max_features: int = 1024
+    hole_fill: str = "zeros"
+    output: str = "sigmoid"
 
     def __post_init__(self):
         problems = []
@@ -362,6 +371,12 @@ class LamaConfig:
                 problems.append(f"{name} must be a positive int, got {getattr(self, name)!r}")
         if not 0 < self.ratio < 1:
             problems.append(f"ratio must be in (0, 1), got {self.ratio!r}")
+        if self.hole_fill not in prior.HOLE_FILLS:
+            problems.append(f"hole_fill must be one of {', '.join(prior.HOLE_FILLS)}, got {self.hole_fill!r}")
+        if self.output not in OUTPUTS:
+            problems.append(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
+        if self.output == "residual" and self.output_nc != self.input_nc - 1:
+            problems.append(f"a residual output needs output_nc == input_nc - 1, got {self.output_nc}, {self.input_nc}")
         if problems:
             raise ValueError("invalid LamaConfig: " + "; ".join(problems))
 
@@ -388,8 +403,14 @@ TINY_LAMA = LamaConfig(ngf=8, n_downsampling=3, n_blocks=2)
 """The small random generator of the golden fixtures: 135,571 parameters."""
 
 
+def model_input(config: LamaConfig, image: jax.Array, mask: jax.Array) -> jax.Array:
+    """The generator's input: image (B, H, W, 3) in [0, 1] with its holes filled as
+    config.hole_fill says, and the binary mask (B, H, W, 1), 1 = hole -> (B, H, W, 4)."""
+    return jnp.concatenate([prior.hole_fill(config.hole_fill, image, mask), mask], axis=-1)
+
+
 class Lama(nnx.Module):
-    """LaMa generator. x (B, H, W, 4) in [0, 1] (image * (1 - mask), mask) -> (B, H, W, 3).
+    """LaMa generator. x (B, H, W, 4) = `model_input(config, image, mask)` -> (B, H, W, 3).
 
     H and W must be multiples of `config.modulo` and at least 2 * modulo (reflect padding
     at the bottleneck needs 2 pixels).
@@ -419,6 +440,8 @@ class Lama(nnx.Module):
                                rngs=rngs))
         self.up = nnx.List(ups)
         self.head = Conv(c.ngf, c.output_nc, 7, pad=3, use_bias=True, rngs=rngs)
+        if c.output == "residual":  # a new residual model starts as its hole fill
+            self.head.kernel.value = jnp.zeros_like(self.head.kernel.value)
 
     def front(self, x):
         """(B, H, W, input_nc) -> z = (z_local (B, h, w, C_l), z_global (B, h, w, C_g)), h = H / modulo."""
@@ -430,8 +453,10 @@ class Lama(nnx.Module):
             x_l, x_g = layer(x_l, x_g)
         return x_l, x_g
 
-    def rear(self, z, *, remat: str = "none"):
-        """z -> image (B, H, W, output_nc) in (0, 1): residual blocks, decoder, sigmoid.
+    def rear(self, z, base=None, *, remat: str = "none"):
+        """z -> image (B, H, W, output_nc): residual blocks, decoder, output (`LamaConfig.output`:
+        in (0, 1) for "sigmoid"; base + head for "residual", where base (B, H, W, output_nc) is
+        the input's colour channels, x[..., :3]).
 
         remat: what the backward pass recomputes (jax.checkpoint) instead of storing, one of
           REMAT_POLICIES: "none"; "blocks", each residual block's activations (only the
@@ -442,6 +467,8 @@ class Lama(nnx.Module):
         """
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {remat!r}")
+        if self.config.output == "residual" and base is None:
+            raise ValueError("a residual-output model needs base, the input's colour channels")
         graphdef, block_state = nnx.split(self.blocks)
         # In training mode the blocks' BatchNorms update their running statistics; those
         # updates happen on the per-step copies made by merge, so they leave the scan as
@@ -464,15 +491,18 @@ class Lama(nnx.Module):
         if remat in ("none", "blocks"):
             for layer in self.up:
                 x = layer(x)
-            return jax.nn.sigmoid(self.head(x))
+            return self._output(self.head(x), base)
         if training:
             raise ValueError(f'remat="{remat}" is for inference-mode models (BatchNorm statistics are not updated)')
         for layer in self.up[:-1]:
             x = _checkpointed(layer, x)
-        return _tiled_tail(self.up[-1], self.head, x)
+        return self._output(_tiled_tail(self.up[-1], self.head, x), base)
+
+    def _output(self, head, base):
+        return base + head if self.config.output == "residual" else jax.nn.sigmoid(head)
 
     def __call__(self, x):
-        return self.rear(self.front(x))
+        return self.rear(self.front(x), x[..., : self.config.output_nc])
 
     def _check_input(self, x):
         c = self.config
@@ -516,7 +546,7 @@ def tail_tile_rows(height: int, width: int) -> int:
 
 
 def _tiled_tail(up: UpBlock, head: Conv, x):
-    """sigmoid(head(up(x))) computed in row tiles of the output, each recomputed in the backward pass.
+    """head(up(x)) computed in row tiles of the output, each recomputed in the backward pass.
 
     x (B, h, w, C) -> (B, 2h, 2w, output_nc). The full-resolution tensors (the upsampler's
     64-channel output, the head's padded input and their gradients) then exist one tile at a
@@ -532,7 +562,7 @@ def _tiled_tail(up: UpBlock, head: Conv, x):
     height = 2 * h
     rows = tail_tile_rows(height, 2 * w)
     if rows == height:
-        return jax.nn.sigmoid(head(up(x)))
+        return head(up(x))
     window = rows + 8
     starts = np.minimum(np.arange(-(-height // rows)) * rows, height - rows)
     x = jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0)))
@@ -547,7 +577,7 @@ def _tiled_tail(up: UpBlock, head: Conv, x):
         needed = jnp.abs(needed)  # reflect at the top ...
         needed = jnp.where(needed >= height, 2 * (height - 1) - needed, needed)  # ... and at the bottom
         y = jnp.take(y, needed - first, axis=1)
-        return jax.nn.sigmoid(nnx.merge(head_def, head_state)(y, pad_rows=False))
+        return nnx.merge(head_def, head_state)(y, pad_rows=False)
 
     tiles = lax.map(lambda start: tile(up_state, head_state, x, start), jnp.asarray(starts, jnp.int32))
     tiles = jnp.moveaxis(tiles, 0, 1)  # (B, n, rows, W, C)

@@ -33,7 +33,7 @@ import optax
 from flax import nnx
 
 from . import pyramid
-from .model import REMAT_POLICIES, Lama
+from .model import REMAT_POLICIES, Lama, model_input
 
 
 SCALE_SCHEDULES = ("halving", "adaptive")
@@ -224,7 +224,7 @@ def _compute_model(graphdef, state, compute_dtype: str) -> Lama:
 def _predict_program(graphdef, state, image, mask, *, compute_dtype="float32"):
     """image (B, Hp, Wp, 3), mask (B, Hp, Wp, 1) binary -> (composite, raw prediction), float32."""
     model = _compute_model(graphdef, state, compute_dtype)
-    pred = model(jnp.concatenate([image * (1 - mask), mask], axis=-1).astype(compute_dtype)).astype(jnp.float32)
+    pred = model(model_input(model.config, image, mask).astype(compute_dtype)).astype(jnp.float32)
     return mask * pred + (1 - mask) * image, pred
 
 
@@ -250,15 +250,18 @@ def scale_problem(graphdef, state, image, mask, ref, down_rows, down_cols, half_
     hole_half = pyramid.round_down(pyramid.apply_separable(mask, half_rows, half_cols))
     hole_half = pyramid.round_down(pyramid.erode(hole_half, valid_half, erosion))
 
+    x = model_input(model.config, image, mask).astype(compute_dtype)
+    base = x[..., : model.config.output_nc]
+
     def loss_fn(z):
-        pred = model.rear(jax.tree.map(lambda t: t.astype(compute_dtype), z), remat=remat).astype(jnp.float32)
+        pred = model.rear(jax.tree.map(lambda t: t.astype(compute_dtype), z), base, remat=remat).astype(jnp.float32)
         known_term = pyramid.masked_l1(pred, image, known)
         scale_term = pyramid.masked_l1(pyramid.apply_separable(pred, down_rows, down_cols), ref, hole_half)
         per_image = known_term + scale_term
         # Summing per-image losses gives each image the gradient it would get alone.
         return jnp.sum(per_image), (per_image, pred)
 
-    z0 = model.front(jnp.concatenate([image * known, mask], axis=-1).astype(compute_dtype))
+    z0 = model.front(x)
     return jax.tree.map(lambda t: t.astype(jnp.float32), z0), loss_fn
 
 
