@@ -441,7 +441,7 @@ class Lama(nnx.Module):
         self.up = nnx.List(ups)
         self.head = Conv(c.ngf, c.output_nc, 7, pad=3, use_bias=True, rngs=rngs)
         if c.output == "residual":  # a new residual model starts as its hole fill
-            self.head.kernel.value = jnp.zeros_like(self.head.kernel.value)
+            self.head.kernel[...] = jnp.zeros_like(self.head.kernel[...])
 
     def front(self, x):
         """(B, H, W, input_nc) -> z = (z_local (B, h, w, C_l), z_global (B, h, w, C_g)), h = H / modulo."""
