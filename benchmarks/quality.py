@@ -9,6 +9,8 @@ Cases: every held-out photo of data/manifest.json, resized (PIL Lanczos) to 1024
 on its long side, with one thin, one medium and one thick LaMa stroke mask each
 (jax_refine.masks, seed fixed per photo/kind/size). Methods, all on uint8 RGB:
 
+  default     jax_refine.inpaint(image, mask, model): the model's own recommended settings
+              (`refine.model_defaults`), what a user gets without options
   plain       jax_refine.inpaint(refine=False): one forward pass at full resolution
   down-up     downscale to short side --train-res (PIL Lanczos; a pixel is a hole if any
               part of it was), predict, upscale (PIL bicubic), composite with the known pixels
@@ -19,9 +21,12 @@ on its long side, with one thin, one medium and one thick LaMa stroke mask each
   refine[-<R>][-adaptive][-es<T>]  (options, with --methods only) the same with
               RefineConfig(scale_schedule="adaptive") and/or RefineConfig(early_stop=T);
               compared case by case with refine[-<R>] in a second table
+  prior       the pull-push hole prior alone (jax_refine.prior), what a residual model starts from
   telea       OpenCV's cv2.inpaint(..., 3, cv2.INPAINT_TELEA), the classical baseline
 
-Metrics on the hole pixels against the photo: PSNR (dB), SSIM (Wang et al. 2004, 11x11
+Metrics on the hole pixels against the photo: PSNR (dB), colour cast (the mean absolute
+difference, in uint8 levels averaged over R, G and B, between the fill's mean colour and the
+photo's over the hole), SSIM (Wang et al. 2004, 11x11
 Gaussian window sigma 1.5 on each RGB channel, the SSIM map averaged over the hole), and two
 gradient statistics of the luminance as an offline perceptual proxy (no pretrained network can
 be downloaded here): grad-W1, the Wasserstein-1 distance between the distributions of
@@ -57,11 +62,12 @@ SIZES = (1024, 2048)
 KINDS = ("thin", "medium", "thick")
 BEGIN, END = "<!-- quality-table:begin -->", "<!-- quality-table:end -->"
 OPTIONS_BEGIN, OPTIONS_END = "<!-- options-table:begin -->", "<!-- options-table:end -->"
+ACCEPT_BEGIN, ACCEPT_END = "<!-- acceptance-table:begin -->", "<!-- acceptance-table:end -->"
 OPTION_NAME = re.compile(r"(refine(?:-\d+)?)((?:-adaptive)?(?:-es[0-9.]+)?)")
 
 
 def methods(train_res: int) -> list[str]:
-    return ["plain", "down-up", "refine", f"refine-{train_res}", "telea"]
+    return ["default", "plain", "down-up", "refine", f"refine-{train_res}", "prior", "telea"]
 
 
 # --------------------------------------------------------------------------------------
@@ -123,11 +129,17 @@ def hole_psnr(result: np.ndarray, truth: np.ndarray, hole: np.ndarray) -> float:
     return float(10 * np.log10(255**2 / max(float(np.mean(diff**2)), 1e-10)))
 
 
+def colour_cast(result: np.ndarray, truth: np.ndarray, hole: np.ndarray) -> float:
+    """Mean absolute difference (uint8 levels, averaged over R, G, B) between the mean colour of
+    the fill and of the photo over the hole."""
+    return float(np.mean(np.abs(result[hole].astype(np.float64).mean(0) - truth[hole].astype(np.float64).mean(0))))
+
+
 def hole_metrics(result: np.ndarray, truth: np.ndarray, hole: np.ndarray) -> dict:
-    """PSNR, SSIM, grad-W1 and sharpness over the hole pixels (uint8 RGB inputs)."""
+    """PSNR, colour cast, SSIM, grad-W1 and sharpness over the hole pixels (uint8 RGB inputs)."""
     g_result = gradient_magnitude(luminance(result))[hole]
     g_truth = gradient_magnitude(luminance(truth))[hole]
-    return dict(psnr=hole_psnr(result, truth, hole),
+    return dict(psnr=hole_psnr(result, truth, hole), colour_cast=colour_cast(result, truth, hole),
                 ssim=float(ssim_map(result, truth)[hole].mean()),
                 grad_w1=float(np.mean(np.abs(np.sort(g_result) - np.sort(g_truth)))),
                 sharpness=float(g_result.mean() / max(g_truth.mean(), 1e-10)))
@@ -174,8 +186,19 @@ def run_method(name, image, hole, model, train_res) -> tuple[np.ndarray, dict]:
         return cv2.inpaint(bgr, hole.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)[..., ::-1], {}
     import jax_refine
 
+    if name == "default":
+        result, info = jax_refine.inpaint(image, hole, model, return_info=True)
+        return result, dict(iterations=[s.iterations for s in info.scales])
     if name == "plain":
         return jax_refine.inpaint(image, hole, model, refine=False), {}
+    if name == "prior":
+        import jax.numpy as jnp
+
+        from jax_refine.prior import pull_push
+
+        fill = pull_push(jnp.asarray(image[None], jnp.float32) / 255, jnp.asarray(hole[None, ..., None], jnp.float32))
+        fill = np.clip(np.rint(np.asarray(fill)[0] * 255), 0, 255).astype(np.uint8)
+        return np.where(hole[..., None], fill, image), {}
     if name == "down-up":
         return down_up(image, hole, model, train_res), {}
     config = refine_config(name)
@@ -250,8 +273,8 @@ def table(records: list[dict], method_names: list[str]) -> str:
     for r in records:
         if r.get("group") == "peak_rss":  # the last full run of a group wins
             peaks[(r["method"], r["size"])] = r["peak_rss_gib"]
-    lines = ["| size | mask | method | PSNR (dB) ↑ | SSIM ↑ | grad-W1 ↓ | sharpness (→1) | s / image | compile s | peak RSS GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| size | mask | method | PSNR (dB) ↑ | colour cast ↓ | SSIM ↑ | grad-W1 ↓ | sharpness (→1) | s / image | "
+             "compile s | peak RSS GiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for size in sorted({r["size"] for r in cases}):
         for kind in KINDS + ("all",):
             for method in method_names:
@@ -264,10 +287,34 @@ def table(records: list[dict], method_names: list[str]) -> str:
 
                 peak = peaks.get((method, size)) if kind == "all" else None
                 label = f"**{kind}** ({len(rows)})" if kind == "all" else f"{kind} ({len(rows)})"
-                lines.append(f"| {size} | {label} | {method} | {mean('psnr'):.2f} | {mean('ssim'):.4f} | "
+                lines.append(f"| {size} | {label} | {method} | {mean('psnr'):.2f} | {mean('colour_cast'):.2f} | "
+                             f"{mean('ssim'):.4f} | "
                              f"{mean('grad_w1'):.2f} | {mean('sharpness'):.2f} | {mean('seconds'):.1f} | "
                              f"{sum(r['compile_seconds'] for r in rows):.0f} | "
                              f"{'' if peak is None else f'{peak:.2f}'} |")
+    return "\n".join(lines)
+
+
+def acceptance_table(records: list[dict], method: str = "default", baseline: str = "telea") -> str:
+    """`method` against `baseline` per size and mask kind on the cases both ran: mean hole PSNR,
+    its difference, mean colour cast, and whether the bar holds (mean PSNR >= baseline + 0.5 dB
+    per size, not below the baseline for any kind, colour cast no larger than the baseline's)."""
+    cases = {(r["method"], r["size"], r["photo"], r["kind"]): r for r in records if "group" not in r}
+    lines = [f"| size | mask | cases | {method} PSNR | {baseline} PSNR | Δ dB | {method} colour cast | "
+             f"{baseline} colour cast | bar |", "|---|---|---|---|---|---|---|---|---|"]
+    for size in sorted({key[1] for key in cases}):
+        for kind in KINDS + ("all",):
+            pairs = [(r, cases[(baseline, *key[1:])]) for key, r in cases.items()
+                     if key[0] == method and key[1] == size and kind in (key[3], "all") and (baseline, *key[1:]) in cases]
+            if not pairs:
+                continue
+            ours, theirs = (float(np.mean([p[i]["psnr"] for p in pairs])) for i in (0, 1))
+            cast_ours, cast_theirs = (float(np.mean([p[i]["colour_cast"] for p in pairs])) for i in (0, 1))
+            need = 0.5 if kind == "all" else 0.0
+            ok = ours >= theirs + need and (kind != "all" or cast_ours <= cast_theirs)
+            label = f"**{kind}**" if kind == "all" else kind
+            lines.append(f"| {size} | {label} | {len(pairs)} | {ours:.2f} | {theirs:.2f} | {ours - theirs:+.2f} | "
+                         f"{cast_ours:.2f} | {cast_theirs:.2f} | {'holds' if ok else '**fails**'} |")
     return "\n".join(lines)
 
 
@@ -379,6 +426,8 @@ def main() -> None:
     write_between_markers(table_md, args.quality_md)
     if OPTIONS_BEGIN in args.quality_md.read_text():
         write_between_markers(options_md, args.quality_md, OPTIONS_BEGIN, OPTIONS_END)
+    if ACCEPT_BEGIN in args.quality_md.read_text():
+        write_between_markers(acceptance_table(records), args.quality_md, ACCEPT_BEGIN, ACCEPT_END)
     cases = [(p["name"].split("/")[-1], size, kind) for p in heldout_photos(args.data, args.photos)
              for size, kind in [(max(SIZES), "thick")]]
     if all((args.out / "fills" / str(s) / f"{p}_{k}_{m}.png").exists() for p, s, k in cases for m in main_methods):

@@ -182,14 +182,21 @@ def enable_compilation_cache(path: str | os.PathLike) -> Path:
 
 
 def estimate(image_size: tuple[int, int], model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
-             config: RefineConfig = RefineConfig(), batch: int = 1) -> MemoryEstimate:
+             config: RefineConfig | None = None, batch: int = 1) -> MemoryEstimate:
     """Expected peak memory of `inpaint` on `batch` images of `image_size` (height, width) on the
     current backend, without running it (each scale's program is compiled; see MemoryEstimate).
     `print(estimate(...))` gives a one-line summary."""
     h, w = image_size
     if min(h, w, batch) < 1:
         raise ValueError(f"image_size and batch must be positive, got {image_size} and {batch}")
-    return refine_lib.estimate_memory(resolve_model(model), int(h), int(w), batch=batch, refine=refine, config=config)
+    model = resolve_model(model)
+    return refine_lib.estimate_memory(model, int(h), int(w), batch=batch, refine=refine,
+                                      config=_config(config, model))
+
+
+def _config(config: RefineConfig | None, model) -> RefineConfig:
+    """`config`, or when None the model's own recommended settings (`refine.model_defaults`)."""
+    return refine_lib.model_defaults(resolve_model(model)) if config is None else config
 
 
 # --------------------------------------------------------------------------------------
@@ -221,7 +228,7 @@ class InpaintInfo:
 
 
 def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
-            config: RefineConfig = RefineConfig(), progress: bool | Callable[[Progress], None] | None = None,
+            config: RefineConfig | None = None, progress: bool | Callable[[Progress], None] | None = None,
             return_info: bool = False, crop_margin: int | None = None, devices=None):
     """Inpaint the holes of `image` given by `mask` with LaMa, optionally with multi-scale refinement.
 
@@ -233,7 +240,8 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
         bundled default model.
       refine: multi-scale feature refinement (Kulshreshtha et al. 2022); False runs LaMa's
         plain single-pass prediction.
-      config: refinement settings (ignored when refine=False).
+      config: refinement settings (ignored when refine=False); None: the model's own
+        recommended settings (`refine.model_defaults`: LaMa's defaults for LaMa's models).
       progress: True for a progress bar, or a callable receiving `Progress` events.
       return_info: also return an `InpaintInfo`.
       crop_margin: None (the whole image), or inpaint each group of nearby holes in a crop
@@ -257,8 +265,7 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
     for top, left, bottom, right in info.crops:
         window = (slice(top, bottom), slice(left, right))
         [out], [crop_info] = _inpaint_group([_image_from_array(filled[window])], [hole[window]], model, refine,
-                                          dataclasses.replace(config, full_size_output=True), progress, devices,
-                                          spatial=True)
+                                          config, progress, devices, spatial=True, full_size=True)
         filled[window] = out
         info.scales += crop_info.scales
     result = source.restore(filled, hole)
@@ -266,7 +273,7 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
 
 
 def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
-                  config: RefineConfig = RefineConfig(), devices=None, batch_size: int | None = None,
+                  config: RefineConfig | None = None, devices=None, batch_size: int | None = None,
                   progress: bool | Callable[[Progress], None] | None = None, return_info: bool = False):
     """Inpaint many images: images of one `batch_key` (without refinement the same padded
     size; with it, every pyramid level of the same padded size) run together, data-parallel
@@ -320,12 +327,12 @@ def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, 
 
 
 def batch_key(size: tuple[int, int], refine: bool, model: Lama | str | os.PathLike | None,
-              config: RefineConfig = RefineConfig()) -> tuple:
+              config: RefineConfig | None = None) -> tuple:
     """Images with equal keys can share a run: for plain prediction the same size padded to the
     model's modulo; with refinement `refine.run_key` (every pyramid level of `config` pads to
-    the same size), which needs no model."""
+    the same size), which needs no model unless config is None (the model's defaults)."""
     if refine:
-        return refine_lib.run_key(*size, config)
+        return refine_lib.run_key(*size, _config(config, model))
     return tuple(refine_lib.padded(n, resolve_model(model).config.modulo) for n in size)
 
 
@@ -333,16 +340,22 @@ def _source(image) -> _Image:
     return _image_from_pil(image) if _is_pil(image) else _image_from_array(np.asarray(image))
 
 
-def _inpaint_group(sources: list[_Image], holes: list[np.ndarray], model, refine: bool, config: RefineConfig,
-                   progress, devices=None, spatial: bool = False) -> tuple[list, list[InpaintInfo]]:
+def _inpaint_group(sources: list[_Image], holes: list[np.ndarray], model, refine: bool, config: RefineConfig | None,
+                   progress, devices=None, spatial: bool = False,
+                   full_size: bool = False) -> tuple[list, list[InpaintInfo]]:
     """Inpaint images of one `batch_key` in one batch, over `devices` data-parallel or (spatial)
-    by rows; images without a hole are returned unchanged. Returns (results, an InpaintInfo per image)."""
+    by rows; images without a hole are returned unchanged (no model is loaded for them).
+    config None: the model's defaults; full_size: always bring the result back to the input's size.
+    Returns (results, an InpaintInfo per image)."""
     results = [source.restore(source.rgb, hole) for source, hole in zip(sources, holes)]
     infos = [InpaintInfo(refine, [], hole.shape) for hole in holes]
     todo = [i for i, hole in enumerate(holes) if hole.any()]
     if not todo:
         return results, infos
     model = resolve_model(model)
+    config = _config(config, model)
+    if full_size:
+        config = dataclasses.replace(config, full_size_output=True)
     if not refine:  # each image padded to the common padded size as `predict` pads it alone
         hp, wp = batch_key(holes[todo[0]].shape, False, model)
         pad = functools.partial(refine_lib.pad_bottom_right, hp=hp, wp=wp, mode="symmetric")

@@ -26,7 +26,7 @@ from pathlib import Path
 from . import __version__
 from .api import enable_compilation_cache
 from .model import REMAT_POLICIES
-from .refine import COMPUTE_DTYPES, SCALE_SCHEDULES, RefineConfig
+from .refine import COMPUTE_DTYPES, SCALE_SCHEDULES, RefineConfig, model_defaults
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -149,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("-q", "--quiet", action="store_true",
                          help="no progress output; the summary only when something failed")
 
-    refine = inpaint.add_argument_group("refinement (RefineConfig; ignored with --no-refine)")
+    refine = inpaint.add_argument_group(
+        "refinement (RefineConfig; ignored with --no-refine)",
+        "Unset options take the model's recommended settings (its refine_defaults), which for LaMa's own "
+        "models are LaMa's defaults, shown here.")
     refine.add_argument("--no-refine", dest="refine", action="store_false",
                         help="LaMa's plain single-pass prediction, no multi-scale refinement")
     defaults = RefineConfig()
@@ -158,27 +161,30 @@ def build_parser() -> argparse.ArgumentParser:
         option = "--" + field.name.replace("_", "-")
         if field.name == "full_size_output":
             refine.add_argument(
-                "--reduced-output", dest="full_size_output", action="store_false", default=default,
+                "--reduced-output", dest="full_size_output", action="store_false", default=None,
                 help="when the image exceeds --px-budget, write the reduced-size result (as LaMa does) "
                      "instead of upscaling the fill into the full-size image")
         elif isinstance(default, bool):  # a future boolean setting
-            refine.add_argument(option, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
-                                help=f"RefineConfig.{field.name} (default: %(default)s)")
+            refine.add_argument(option, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"RefineConfig.{field.name} (default: {default})")
         else:
             kind = _REFINE_TYPES.get(field.name, type(default))
             text = _REFINE_HELP.get(field.name, f"RefineConfig.{field.name}")
             choices = _REFINE_CHOICES.get(field.name)
-            refine.add_argument(option, dest=field.name, type=kind, default=default, choices=choices,
+            refine.add_argument(option, dest=field.name, type=kind, default=None, choices=choices,
                                 metavar="{" + ",".join(choices) + "}" if choices else kind.__name__.upper(),
-                                help=text if "default:" in text else text + " (default: %(default)s)")
+                                help=text if "default:" in text else text + f" (default: {default})")
     return parser
 
 
-def refine_config_from_args(args) -> RefineConfig:
-    """The RefineConfig of the parsed options; invalid values raise UsageError."""
-    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(RefineConfig)}
+def refine_config_from_args(args, model=None) -> RefineConfig:
+    """The RefineConfig of the parsed options over the model's recommended settings (LaMa's
+    defaults without a model); invalid values raise UsageError."""
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(RefineConfig)
+              if getattr(args, field.name) is not None}
     try:
-        return RefineConfig(**values)
+        base = RefineConfig() if model is None else model_defaults(model)
+        return dataclasses.replace(base, **values)
     except ValueError as e:
         message = str(e).replace("invalid RefineConfig: ", "")
         for name in values:  # name the options, not the dataclass fields
@@ -682,6 +688,7 @@ def run_inpaint(args) -> int:
     model = None
     if any(item.problem is None for item in items):
         model = _load_model(args.model)
+        config = refine_config_from_args(args, model)
         if args.refine and config.modulo % model.config.modulo:
             raise UsageError(f"--modulo {config.modulo} must be a multiple of the model's {model.config.modulo}")
 

@@ -352,6 +352,8 @@ class LamaConfig:
         "pull-push" (a smooth continuation of the surrounding colours, `prior.pull_push`).
       output: "sigmoid" (LaMa: sigmoid of the head), or "residual": the head's output added
         to the input's colour channels, so a model whose head is zero returns its hole fill.
+      refine_defaults: the model's recommended refinement settings, (RefineConfig field,
+        value) pairs over LaMa's defaults (a dict is accepted); empty for LaMa's own models.
     """
 
     ngf: int = 64
@@ -363,8 +365,14 @@ class LamaConfig:
     max_features: int = 1024
     hole_fill: str = "zeros"
     output: str = "sigmoid"
+    refine_defaults: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self):
+        try:  # a hashable, canonical form of what may come as a dict or JSON pairs
+            object.__setattr__(self, "refine_defaults", tuple(sorted(dict(self.refine_defaults).items())))
+        except (TypeError, ValueError):
+            raise ValueError(f"invalid LamaConfig: refine_defaults must be (name, value) pairs, "
+                             f"got {self.refine_defaults!r}") from None
         problems = []
         for name in ("ngf", "n_downsampling", "n_blocks", "input_nc", "output_nc", "max_features"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:

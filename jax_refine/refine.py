@@ -124,6 +124,14 @@ class RefineConfig:
             raise ValueError("invalid RefineConfig: " + "; ".join(problems))
 
 
+def model_defaults(model: Lama) -> RefineConfig:
+    """The RefineConfig a model recommends: LaMa's defaults with its `refine_defaults` over them."""
+    try:
+        return RefineConfig(**dict(model.config.refine_defaults))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the model's refine_defaults {dict(model.config.refine_defaults)} are invalid: {e}") from None
+
+
 # --------------------------------------------------------------------------------------
 # Planning (host side)
 # --------------------------------------------------------------------------------------

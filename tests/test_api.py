@@ -121,3 +121,27 @@ def test_refined_batches_group_by_every_padded_level(tiny_model, monkeypatch):
         np.testing.assert_allclose(out, alone, atol=1e-6)
         assert info.scales[-1].losses.shape == (3, 1)  # its own column of the run's losses
         np.testing.assert_allclose(info.scales[-1].losses, alone_info.scales[-1].losses, atol=1e-6)
+
+
+def test_a_model_recommends_its_refinement_settings(tiny_model, small, tmp_path):
+    import dataclasses
+
+    from flax import nnx
+
+    import jax_refine
+    from jax_refine.convert import model_from_flat
+    from jax_refine.refine import model_defaults
+
+    image, mask = small
+    assert model_defaults(tiny_model) == jax_refine.RefineConfig()  # converted LaMa weights keep LaMa's
+    flat = {path: v[...] for path, v in nnx.to_flat_state(nnx.state(tiny_model))}
+    config = dataclasses.replace(tiny_model.config, refine_defaults={"min_side": 32, "n_iters": 3})
+    recommending = jax_refine.load(jax_refine.save(model_from_flat(flat, config), tmp_path / "m"))
+    assert recommending.config.refine_defaults == (("min_side", 32), ("n_iters", 3))
+    out, info = inpaint(image, mask, recommending, return_info=True)
+    assert [s.iterations for s in info.scales] == [1, 3]  # 64 x 80 at min_side 32: two scales
+    explicit = inpaint(image, mask, tiny_model, config=jax_refine.RefineConfig(min_side=32, n_iters=3))
+    np.testing.assert_array_equal(out, explicit)
+    # an explicit config replaces the recommendation
+    _, info = inpaint(image, mask, recommending, config=jax_refine.RefineConfig(), return_info=True)
+    assert len(info.scales) == 1

@@ -395,3 +395,22 @@ def test_report_plot_is_written_beside_the_output(tmp_path, tiny_checkpoint, pai
     with Image.open(tmp_path / "out.png.report.png") as plot:
         assert plot.format == "PNG" and plot.width > 200
     assert not leftovers(tmp_path)
+
+
+def test_unset_options_take_the_models_recommended_settings(tmp_path, tiny_model, pairs, capsys):
+    import dataclasses
+
+    from flax import nnx
+
+    from jax_refine.convert import model_from_flat
+
+    image, mask, out = saved_photo(tmp_path, pairs)
+    flat = {path: v[...] for path, v in nnx.to_flat_state(nnx.state(tiny_model))}
+    config = dataclasses.replace(tiny_model.config, refine_defaults={"min_side": 32, "n_iters": 2})
+    checkpoint = jax_refine.save(model_from_flat(flat, config), tmp_path / "recommending")
+    photo = (tmp_path / "photo.png", tmp_path / "photo_mask.png")
+    assert run("inpaint", *photo, "-o", out, "--report", "--model", checkpoint) == 0
+    assert "2 scale(s)" in capsys.readouterr().out  # min_side 32 from the model
+    assert run("inpaint", *photo, "-o", tmp_path / "b.png", "--report", "--min-side", 512, "--model", checkpoint) == 0
+    assert "1 scale(s)" in capsys.readouterr().out  # the option wins
+    assert_known_pixels_kept(out, image, mask)
