@@ -3,7 +3,7 @@
     python benchmarks/convert.py [--keep DIR]
 
 Builds a Lightning-style `best.ckpt` (generator + discriminator keys of
-../shared/golden/keys_biglama.txt, random float32 values) with torch (a benchmark-only
+tests/golden/keys_biglama.txt, random float32 values) with torch (a benchmark-only
 dependency), then converts it in a fresh process without torch and prints wall time, peak
 RSS and the peak RSS added by the conversion, next to the file size. Target: < 20 s and
 added memory < 2x the file size.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = Path(os.environ.get("JAX_REFINE_GOLDEN", ROOT.parent / "shared" / "golden")) / "keys_biglama.txt"
+KEYS = ROOT / "tests" / "golden" / "keys_biglama.txt"
 
 CHILD = r"""
 import json, resource, sys, time

@@ -1,4 +1,4 @@
-"""XLA settings applied at import: the CPU conv fix from jax-cpu.md (finding 1).
+"""XLA settings applied at import: the CPU conv fix of docs/xla-cpu.md §1.
 
 XLA-CPU in jaxlib 0.10.2 routes convolutions to YNNPACK fusions by default, and those are
 2.7-3x slower for the VALID convs that reflect padding feeds (every FFC conv). Disabling the

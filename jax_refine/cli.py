@@ -51,6 +51,7 @@ _REFINE_HELP = {
     "remat": "memory policy of the backward pass: decoder (recompute the decoder, its full-resolution "
              "end in row tiles: least memory), none (store everything), blocks (recompute residual "
              "blocks), all (both); see BENCHMARKS.md for what each saves",
+    "tile_pixels": "with --remat decoder or all: output pixels per row tile of the full-resolution decoder tail",
     "compute_dtype": "bfloat16 runs the network in bfloat16, FFTs, losses and Adam in float32 (for GPU/TPU; "
                      "on CPU slower and not smaller)",
 }

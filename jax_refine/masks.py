@@ -1,4 +1,4 @@
-"""LaMa-style random brush-stroke masks: thin, medium and thick (../shared/masks.md).
+"""LaMa-style random brush-stroke masks: thin, medium and thick (docs/lama.md §8).
 
     rng = np.random.default_rng(0)
     hole = random_mask(rng, 256, 256, "thick")      # bool (256, 256), True = hole
@@ -22,7 +22,7 @@ geometric mean of the sides, so the covered fraction barely depends on the aspec
 stroke and box counts are not scaled. A mask whose hole covers more than half the image (or
 nothing) is drawn again.
 
-Boxes follow masks.md literally: with the kind's probability, boxes are *added* to the
+Boxes follow LaMa's parameters literally: with the kind's probability, boxes are *added* to the
 strokes. (LaMa's MixedMaskGenerator instead picks strokes or boxes per mask with
 probabilities proportional to 1 and 0.3; the two differ only in how often a mask is boxes
 alone.)

@@ -1,9 +1,13 @@
 """Big-LaMa's FFC ResNet generator in Flax NNX (NHWC, float32).
 
 Port of `FFCResNetGenerator` from LaMa (Suvorov et al. 2021, github.com/advimman/lama,
-Apache-2.0), written from ../shared/lama-spec.md. Parameter names mirror the PyTorch
-attributes (`convl2l`, `convg2g.fu.conv_layer`, `bn_l`, ...) so that conversion is a rename;
-`nn.Sequential` indices become `stem`, `down[i]`, `blocks`, `up[i]`, `head`.
+Apache-2.0), written from its description in docs/lama.md §1-2. Parameter names mirror the
+PyTorch attributes (`convl2l`, `convg2g.fu.conv_layer`, `bn_l`, ...) so that conversion is a
+rename; `nn.Sequential` indices become `stem`, `down[i]`, `blocks`, `up[i]`, `head`.
+
+Two static attributes, set at construction and changed with `nnx.view` (see `eval_mode`,
+`with_kernels`): `use_running_average` (inference: BatchNorm running statistics) and each
+conv's `kernels` (`ops.KERNELS`: the stock XLA convolutions or their XLA-CPU forms).
 
 The generator is split the way refinement needs it: `front(x) -> (z_local, z_global)` at
 1/2**n_downsampling resolution and `rear(z) -> image`; `__call__ = rear(front(x))`.
@@ -14,8 +18,6 @@ blocks at the same speed (see BENCHMARKS.md).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 from functools import partial
 
@@ -25,121 +27,15 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from . import prior
+from . import ops, prior
 
-_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 REMAT_POLICIES = ("none", "blocks", "decoder", "all")
+# A residual model's head starts at this fraction of the usual initialisation: its output is then
+# close to the hole fill (a residual of ~0.01), while every layer gets gradients from the first
+# step (a zero head passes none back; measured: 200 steps left it at max |w| 0.002).
+RESIDUAL_HEAD_SCALE = 0.01
+TAIL_TILE_PIXELS = 2**18  # output pixels per row tile of the tiled tail (64-channel float32: ~64 MiB)
 OUTPUTS = ("sigmoid", "residual")
-
-
-# --------------------------------------------------------------------------------------
-# Convolution with a loop-friendly gradient
-# --------------------------------------------------------------------------------------
-
-
-def _conv(x, kernel, strides, padding, input_dilation):
-    return lax.conv_general_dilated(
-        x, kernel, strides, padding, lhs_dilation=input_dilation, dimension_numbers=_DIMENSIONS
-    )
-
-
-# Set while the residual blocks are traced for lax.scan: their kernel gradients use matmuls.
-_IN_LOOP = contextvars.ContextVar("jax_refine_conv_in_loop", default=False)
-
-
-def conv2d(x, kernel, strides=(1, 1), padding=((0, 0), (0, 0)), input_dilation=(1, 1)):
-    """`lax.conv_general_dilated` for x (B, H, W, Cin) and kernel (kh, kw, Cin, Cout).
-
-    Same values and gradients as the stock conv. The custom VJP exists for speed: inside
-    `lax.fori_loop`/`lax.scan`, XLA-CPU folds the kernel transpose of the input-gradient conv
-    into its dimension labels and falls back to a conv path 2-3x slower (jax-cpu.md, finding
-    2). Here the backward conv gets a kernel that is physically transposed behind an
-    optimization barrier, so XLA cannot fold it. Kernel gradients (training) of convs traced
-    inside a loop (`_IN_LOOP`) are computed with matmuls, see `_kernel_grad`.
-    """
-    return _conv2d(x, kernel, strides, padding, input_dilation, _IN_LOOP.get())
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv2d(x, kernel, strides, padding, input_dilation, in_loop):
-    return _conv(x, kernel, strides, padding, input_dilation)
-
-
-def _conv2d_fwd(x, kernel, strides, padding, input_dilation, in_loop):
-    return _conv(x, kernel, strides, padding, input_dilation), (x, kernel)
-
-
-def _conv2d_bwd(strides, padding, input_dilation, in_loop, residuals, g):
-    x, kernel = residuals
-    kernel_hwoi = lax.optimization_barrier(jnp.swapaxes(kernel, 2, 3))
-
-    def conv_hwoi(x):
-        return lax.conv_general_dilated(
-            x, kernel_hwoi, strides, padding, lhs_dilation=input_dilation,
-            dimension_numbers=("NHWC", "HWOI", "NHWC"),
-        )
-
-    (dx,) = jax.vjp(conv_hwoi, x)[1](g)
-    if in_loop:
-        dkernel = _kernel_grad(x, g, kernel.shape, strides, padding, input_dilation)
-    elif input_dilation != (1, 1):
-        # XLA-CPU's kernel gradient of an input-dilated conv is ~20x slower than the conv (the
-        # last upsampler at batch 8, 160 px: 1.4 s vs 65 ms forward); on the explicitly dilated
-        # and padded input it is an ordinary VALID conv's kernel gradient.
-        x = _dilate_and_pad(x, padding, input_dilation)
-        (dkernel,) = jax.vjp(lambda k: _conv(x, k, strides, ((0, 0), (0, 0)), (1, 1)), kernel)[1](g)
-    else:
-        (dkernel,) = jax.vjp(lambda k: _conv(x, k, strides, padding, input_dilation), kernel)[1](g)
-    return dx, dkernel
-
-
-def _dilate_and_pad(x, padding, input_dilation):
-    """x with input_dilation - 1 zeros between pixels and the conv's zero padding added."""
-    (dh, dw), ((top, bottom), (left, right)) = input_dilation, padding
-    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, bottom, dh - 1), (left, right, dw - 1), (0, 0, 0)))
-
-
-def _kernel_grad(x, g, kernel_shape, strides, padding, input_dilation):
-    """d(conv)/d(kernel) as one matmul per kernel tap (kh * kw dots over B*H*W).
-
-    Inside `lax.scan`, XLA-CPU's own kernel-gradient conv is 20-30x slower than outside
-    (6 residual blocks at batch 8, 20x20, 256 channels: 23.7 s vs 0.9 s per step with these
-    dots). Outside loops XLA's conv is faster (the dots are memory-bound for thin convs such
-    as the 7x7 head: 1.2 s vs 0.2 s), so only looped convs use this.
-    """
-    x = _dilate_and_pad(x, padding, input_dilation)
-    kh, kw, cin, cout = kernel_shape
-    (ho, wo), (sh, sw) = g.shape[1:3], strides
-    g = g.reshape(-1, cout)
-    taps = []
-    for i in range(kh):
-        for j in range(kw):
-            window = lax.slice(x, (0, i, j, 0), (x.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin),
-                               (1, sh, sw, 1))
-            taps.append(lax.dot_general(window.reshape(-1, cin), g, (((0,), (0,)), ((), ()))))
-    return jnp.stack(taps).reshape(kh, kw, cin, cout)
-
-
-_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
-
-
-THIN_CONV_CHANNELS = 8
-"""Stride-1 convs with fewer output channels than this run as `thin_conv2d` (LaMa's head)."""
-
-
-def thin_conv2d(x, kernel):
-    """VALID stride-1 conv, x (B, H, W, Cin), kernel (kh, kw, Cin, Cout), for a small Cout.
-
-    XLA-CPU runs a conv with very few output channels far below its usual rate (the 7x7
-    64 -> 3 head at 1024²: 1.17 s, ~17 GFLOP/s). Here it is one 1 x kw conv whose output
-    channels hold the taps of all kh kernel rows (kh * Cout channels, rows of the padded
-    input), followed by a sum of kh row-shifted slices: 0.38 s forward, 0.90 s instead of
-    1.60 s with the input gradient. Same values up to float rounding.
-    """
-    kh, kw, cin, cout = kernel.shape
-    per_row = conv2d(x, kernel.transpose(1, 2, 0, 3).reshape(1, kw, cin, kh * cout))
-    height = x.shape[1] - kh + 1
-    return sum(per_row[:, i:i + height, :, i * cout:(i + 1) * cout] for i in range(kh))
 
 
 def reflect_pad(x, pad, *, rows: bool = True):
@@ -153,16 +49,28 @@ def reflect_pad(x, pad, *, rows: bool = True):
 # --------------------------------------------------------------------------------------
 
 
-class Conv(nnx.Module):
-    """k x k conv (no bias unless asked) with torch `padding_mode='reflect'` semantics."""
+class _KernelChoice:
+    """Mixin of the conv modules: the static `kernels` and `in_loop` attributes."""
 
-    def __init__(self, in_features, out_features, kernel_size, *, stride=1, pad=0,
-                 use_bias=False, rngs: nnx.Rngs):
+    def set_view(self, kernels: str | None = None):
+        """Used by `nnx.view(model, kernels=...)`."""
+        if kernels is not None:
+            self.kernels = ops.check_kernels(kernels)
+
+
+class Conv(_KernelChoice, nnx.Module):
+    """k x k conv (no bias unless asked) with torch `padding_mode='reflect'` semantics.
+
+    kernels: `ops.KERNELS`; in_loop: the conv runs inside `lax.scan` (the residual blocks).
+    """
+
+    def __init__(self, in_features, out_features, kernel_size, *, stride=1, pad=0, use_bias=False,
+                 kernels: str, in_loop: bool = False, rngs: nnx.Rngs):
         init = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
         self.kernel = nnx.Param(init(rngs.params(), (kernel_size, kernel_size, in_features, out_features)))
         self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
-        self.stride = stride
-        self.pad = pad
+        self.stride, self.pad = stride, pad
+        self.kernels, self.in_loop = ops.check_kernels(kernels), in_loop
 
     def __call__(self, x, *, pad_rows: bool = True):
         """x (B, H, W, Cin) -> (B, H', W', Cout); pad_rows=False: x already holds the rows'
@@ -171,68 +79,24 @@ class Conv(nnx.Module):
             x = reflect_pad(x, self.pad, rows=pad_rows)
         if self.kernel.shape[:2] == (1, 1) and self.stride == 1:
             y = x @ self.kernel[0, 0]  # a 1x1 conv is a matmul over channels
-        elif self.stride == 1 and self.kernel.shape[3] < THIN_CONV_CHANNELS:
-            y = thin_conv2d(x, self.kernel[...])
         else:
-            y = conv2d(x, self.kernel[...], (self.stride, self.stride))
+            y = ops.conv2d(x, self.kernel[...], (self.stride, self.stride), kernels=self.kernels, in_loop=self.in_loop)
         return y if self.bias is None else y + self.bias[...]
 
 
-class UpConv(nnx.Module):
-    """torch ConvTranspose2d(k=3, stride=2, padding=1, output_padding=1), with bias.
+class UpConv(_KernelChoice, nnx.Module):
+    """torch ConvTranspose2d(k=3, stride=2, padding=1, output_padding=1), with bias: (B, H, W,
+    Cin) -> (B, 2H, 2W, Cout). The kernel (3, 3, Cin, Cout) is the torch weight (Cin, Cout, 3, 3)
+    transposed and spatially flipped (`ops.up_conv2d`)."""
 
-    Defined as an input-dilated conv (computed without the zeros, `up_conv2d`): kernel
-    (3, 3, Cin, Cout) holds the torch weight (Cin, Cout, 3, 3) transposed to (3, 3, Cin, Cout)
-    and spatially flipped; transposed-conv padding (k-1-p, k-1-p+output_padding) = (1, 2).
-    Output size is exactly 2H x 2W.
-    """
-
-    def __init__(self, in_features, out_features, *, rngs: nnx.Rngs):
+    def __init__(self, in_features, out_features, *, kernels: str, rngs: nnx.Rngs):
         init = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
         self.kernel = nnx.Param(init(rngs.params(), (3, 3, in_features, out_features)))
         self.bias = nnx.Param(jnp.zeros((out_features,)))
+        self.kernels = ops.check_kernels(kernels)
 
     def __call__(self, x):
-        return up_conv2d(x, self.kernel[...]) + self.bias[...]
-
-
-_UP_CONV = ((1, 1), ((1, 2), (1, 2)), (2, 2))  # strides, padding, input dilation of UpConv's conv
-
-
-def up_conv2d(x, kernel):
-    """UpConv's input-dilated conv, x (B, H, W, Cin) -> (B, 2H, 2W, Cout), computed per output phase.
-
-    As an input-dilated conv, 3 of every 4 input samples are zeros, and XLA-CPU's conv
-    runtime materialises that dilated input outside XLA's buffer assignment (2 GiB for the
-    last upsampler at 2048², which made `estimate` run low). Instead: output row 2i only
-    takes kernel row 1 at input row i, row 2i + 1 takes kernel rows 0 and 2 at input rows i
-    and i + 1 (zero below the image), and the same for columns; four small convs (1x1, 1x2,
-    2x1, 2x2 taps) give the four phases, interleaved into the output (no zeros multiplied).
-    The gradient is `conv2d`'s of the dilated form (a strided conv, without the zeros).
-    """
-    return _up_conv2d(x, kernel, _IN_LOOP.get())
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _up_conv2d(x, kernel, in_loop):
-    b, h, w, _ = x.shape
-    even_even = x @ kernel[1, 1]
-    even_odd = _conv(x, kernel[1:2, 0::2], (1, 1), ((0, 0), (0, 1)), (1, 1))
-    odd_even = _conv(x, kernel[0::2, 1:2], (1, 1), ((0, 1), (0, 0)), (1, 1))
-    odd_odd = _conv(x, kernel[0::2, 0::2], (1, 1), ((0, 1), (0, 1)), (1, 1))
-    y = jnp.stack([jnp.stack([even_even, even_odd], axis=3), jnp.stack([odd_even, odd_odd], axis=3)], axis=2)
-    return y.reshape(b, 2 * h, 2 * w, kernel.shape[-1])  # (B, H, row phase, W, column phase, C)
-
-
-def _up_conv2d_fwd(x, kernel, in_loop):
-    return _up_conv2d(x, kernel, in_loop), (x, kernel)
-
-
-def _up_conv2d_bwd(in_loop, residuals, g):
-    return _conv2d_bwd(*_UP_CONV, in_loop, residuals, g)
-
-
-_up_conv2d.defvjp(_up_conv2d_fwd, _up_conv2d_bwd)
+        return ops.up_conv2d(x, self.kernel[...], kernels=self.kernels) + self.bias[...]
 
 
 def batch_norm(num_features, rngs):
@@ -244,7 +108,7 @@ class FourierUnit(nnx.Module):
     """rfft2 (ortho) -> 1x1 conv + BN + ReLU on interleaved (re, im) channels -> irfft2."""
 
     def __init__(self, channels, *, rngs: nnx.Rngs):
-        self.conv_layer = Conv(2 * channels, 2 * channels, 1, rngs=rngs)
+        self.conv_layer = Conv(2 * channels, 2 * channels, 1, kernels="xla", rngs=rngs)  # a matmul
         self.bn = batch_norm(2 * channels, rngs)
 
     def __call__(self, x):
@@ -262,10 +126,10 @@ class SpectralTransform(nnx.Module):
     """The global->global path: 1x1 conv + BN + ReLU, FourierUnit, residual, 1x1 conv."""
 
     def __init__(self, in_channels, out_channels, *, rngs: nnx.Rngs):
-        self.conv1 = Conv(in_channels, out_channels // 2, 1, rngs=rngs)
+        self.conv1 = Conv(in_channels, out_channels // 2, 1, kernels="xla", rngs=rngs)  # 1x1 convs are matmuls
         self.conv1_bn = batch_norm(out_channels // 2, rngs)
         self.fu = FourierUnit(out_channels // 2, rngs=rngs)
-        self.conv2 = Conv(out_channels // 2, out_channels, 1, rngs=rngs)
+        self.conv2 = Conv(out_channels // 2, out_channels, 1, kernels="xla", rngs=rngs)
 
     def __call__(self, x):
         y = jax.nn.relu(self.conv1_bn(self.conv1(x)))
@@ -280,12 +144,13 @@ class FFC(nnx.Module):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, *, ratio_in, ratio_out, stride=1,
-                 rngs: nnx.Rngs):
+                 kernels: str, in_loop: bool = False, rngs: nnx.Rngs):
         in_g = int(in_channels * ratio_in)
         out_g = int(out_channels * ratio_out)
         in_l, out_l = in_channels - in_g, out_channels - out_g
         pad = (kernel_size - 1) // 2
-        conv = partial(Conv, kernel_size=kernel_size, stride=stride, pad=pad, rngs=rngs)
+        conv = partial(Conv, kernel_size=kernel_size, stride=stride, pad=pad, kernels=kernels, in_loop=in_loop,
+                       rngs=rngs)
         self.convl2l = conv(in_l, out_l) if in_l and out_l else None
         self.convl2g = conv(in_l, out_g) if in_l and out_g else None
         self.convg2l = conv(in_g, out_l) if in_g and out_l else None
@@ -319,11 +184,12 @@ def _sum(a, b):
 
 
 class FFCResnetBlock(nnx.Module):
-    """Two FFC layers (3x3, reflect) with a residual add on both branches."""
+    """Two FFC layers (3x3, reflect) with a residual add on both branches (run inside `lax.scan`)."""
 
-    def __init__(self, channels, ratio, *, rngs: nnx.Rngs):
-        self.conv1 = FFC(channels, channels, 3, ratio_in=ratio, ratio_out=ratio, rngs=rngs)
-        self.conv2 = FFC(channels, channels, 3, ratio_in=ratio, ratio_out=ratio, rngs=rngs)
+    def __init__(self, channels, ratio, *, kernels: str, rngs: nnx.Rngs):
+        ffc = partial(FFC, channels, channels, 3, ratio_in=ratio, ratio_out=ratio, kernels=kernels, in_loop=True,
+                      rngs=rngs)
+        self.conv1, self.conv2 = ffc(), ffc()
 
     def __call__(self, z):
         x_l, x_g = z
@@ -351,7 +217,8 @@ class LamaConfig:
       hole_fill: what the input holds in the holes (`prior.HOLE_FILLS`): "zeros" (LaMa) or
         "pull-push" (a smooth continuation of the surrounding colours, `prior.pull_push`).
       output: "sigmoid" (LaMa: sigmoid of the head), or "residual": the head's output added
-        to the input's colour channels, so a model whose head is zero returns its hole fill.
+        to the input's colour channels, so a model whose head is zero returns its hole fill
+        (a new one starts close to it, see RESIDUAL_HEAD_SCALE).
       refine_defaults: the model's recommended refinement settings, (RefineConfig field,
         value) pairs over LaMa's defaults (a dict is accepted); empty for LaMa's own models.
     """
@@ -421,35 +288,42 @@ class Lama(nnx.Module):
     """LaMa generator. x (B, H, W, 4) = `model_input(config, image, mask)` -> (B, H, W, 3).
 
     H and W must be multiples of `config.modulo` and at least 2 * modulo (reflect padding
-    at the bottleneck needs 2 pixels).
+    at the bottleneck needs 2 pixels). kernels: `ops.KERNELS`, default `ops.default_kernels()`.
+    A new model is in training mode (batch statistics); `eval_mode` gives the inference view.
     """
 
-    def __init__(self, config: LamaConfig = BIG_LAMA, *, rngs: nnx.Rngs):
+    def __init__(self, config: LamaConfig = BIG_LAMA, *, rngs: nnx.Rngs, kernels: str | None = None):
         self.config = config
-        c = config
-        self.stem = FFC(c.input_nc, c.ngf, 7, ratio_in=0, ratio_out=0, rngs=rngs)
+        self.use_running_average = False
+        c, kernels = config, ops.check_kernels(kernels or ops.default_kernels())
+        self.stem = FFC(c.input_nc, c.ngf, 7, ratio_in=0, ratio_out=0, kernels=kernels, rngs=rngs)
         downs = []
         for i in range(c.n_downsampling):
             ratio_out = c.ratio if i == c.n_downsampling - 1 else 0
             downs.append(FFC(min(c.max_features, c.ngf * 2**i), min(c.max_features, c.ngf * 2 ** (i + 1)),
-                             3, ratio_in=0, ratio_out=ratio_out, stride=2, rngs=rngs))
+                             3, ratio_in=0, ratio_out=ratio_out, stride=2, kernels=kernels, rngs=rngs))
         self.down = nnx.List(downs)
 
         @nnx.split_rngs(splits=c.n_blocks)
         @nnx.vmap(in_axes=(0,), out_axes=0)
         def make_blocks(rngs):
-            return FFCResnetBlock(c.bottleneck_channels, c.ratio, rngs=rngs)
+            return FFCResnetBlock(c.bottleneck_channels, c.ratio, kernels=kernels, rngs=rngs)
 
         self.blocks = make_blocks(rngs)
         ups = []
         for i in range(c.n_downsampling):
             mult = 2 ** (c.n_downsampling - i)
             ups.append(UpBlock(min(c.max_features, c.ngf * mult), min(c.max_features, c.ngf * mult // 2),
-                               rngs=rngs))
+                               kernels=kernels, rngs=rngs))
         self.up = nnx.List(ups)
-        self.head = Conv(c.ngf, c.output_nc, 7, pad=3, use_bias=True, rngs=rngs)
-        if c.output == "residual":  # a new residual model starts as its hole fill
-            self.head.kernel[...] = jnp.zeros_like(self.head.kernel[...])
+        self.head = Conv(c.ngf, c.output_nc, 7, pad=3, use_bias=True, kernels=kernels, rngs=rngs)
+        if c.output == "residual":  # a new residual model starts close to its hole fill
+            self.head.kernel[...] = RESIDUAL_HEAD_SCALE * self.head.kernel[...]
+
+    def set_view(self, use_running_average: bool | None = None):
+        """Used by `nnx.view` (see `eval_mode`), which sets the BatchNorms' flag alike."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
 
     def front(self, x):
         """(B, H, W, input_nc) -> z = (z_local (B, h, w, C_l), z_global (B, h, w, C_g)), h = H / modulo."""
@@ -461,7 +335,7 @@ class Lama(nnx.Module):
             x_l, x_g = layer(x_l, x_g)
         return x_l, x_g
 
-    def rear(self, z, base=None, *, remat: str = "none"):
+    def rear(self, z, base=None, *, remat: str = "none", tile_pixels: int = TAIL_TILE_PIXELS):
         """z -> image (B, H, W, output_nc): residual blocks, decoder, output (`LamaConfig.output`:
         in (0, 1) for "sigmoid"; base + head for "residual", where base (B, H, W, output_nc) is
         the input's colour channels, x[..., :3]).
@@ -472,6 +346,7 @@ class Lama(nnx.Module):
           tail (last upsampler and head) running in row tiles (`_tiled_tail`) so that its
           64-channel tensors and their gradients never exist for the whole image at once
           (inference-mode models only); "all", both.
+        tile_pixels: output pixels per row tile of the tiled tail (`tail_tile_rows`).
         """
         if remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {remat!r}")
@@ -482,7 +357,7 @@ class Lama(nnx.Module):
         # updates happen on the per-step copies made by merge, so they leave the scan as
         # outputs and are written back. (In eval mode nothing is written: the model may then
         # live in an outer trace, e.g. refinement differentiates rear inside a loop.)
-        training = not _first_batch_norm(self.blocks).use_running_average
+        training = not self.use_running_average
 
         def apply_block(z, state):
             block = nnx.merge(graphdef, state)
@@ -491,8 +366,7 @@ class Lama(nnx.Module):
 
         if remat in ("blocks", "all"):
             apply_block = jax.checkpoint(apply_block)
-        with _in_loop():
-            z, stats = lax.scan(apply_block, tuple(z), block_state)
+        z, stats = lax.scan(apply_block, tuple(z), block_state)
         if training:
             nnx.update(self.blocks, stats)
         x = jnp.concatenate(z, axis=-1)  # local channels first, then global (LaMa's ConcatTupleLayer)
@@ -504,7 +378,7 @@ class Lama(nnx.Module):
             raise ValueError(f'remat="{remat}" is for inference-mode models (BatchNorm statistics are not updated)')
         for layer in self.up[:-1]:
             x = _checkpointed(layer, x)
-        return self._output(_tiled_tail(self.up[-1], self.head, x), base)
+        return self._output(_tiled_tail(self.up[-1], self.head, x, tile_pixels), base)
 
     def _output(self, head, base):
         return base + head if self.config.output == "residual" else jax.nn.sigmoid(head)
@@ -523,37 +397,20 @@ class Lama(nnx.Module):
             )
 
 
-@contextlib.contextmanager
-def _in_loop():
-    token = _IN_LOOP.set(True)
-    try:
-        yield
-    finally:
-        _IN_LOOP.reset(token)
-
-
-def _first_batch_norm(module: nnx.Module) -> nnx.BatchNorm:
-    return next(m for _, m in nnx.iter_graph(module) if isinstance(m, nnx.BatchNorm))
-
-
 def _checkpointed(layer: nnx.Module, x):
     """layer(x), its activations recomputed in the backward pass instead of stored."""
     layer_def, layer_state = nnx.split(layer)
     return jax.checkpoint(lambda state, x: nnx.merge(layer_def, state)(x))(layer_state, x)
 
 
-TAIL_TILE_PIXELS = 2**18
-"""Output pixels per row tile of `_tiled_tail` (64-channel float32 tiles of about 64 MiB)."""
-
-
-def tail_tile_rows(height: int, width: int) -> int:
+def tail_tile_rows(height: int, width: int, tile_pixels: int = TAIL_TILE_PIXELS) -> int:
     """Rows per tile of the full-resolution tail for an output of height x width: even, about
-    TAIL_TILE_PIXELS / width, and `height` itself when one tile (with its 8-row halo) covers it."""
-    rows = max(2, TAIL_TILE_PIXELS // width // 2 * 2)
+    tile_pixels / width, and `height` itself when one tile (with its 8-row halo) covers it."""
+    rows = max(2, tile_pixels // width // 2 * 2)
     return height if rows + 8 >= height else rows
 
 
-def _tiled_tail(up: UpBlock, head: Conv, x):
+def _tiled_tail(up: UpBlock, head: Conv, x, tile_pixels: int):
     """head(up(x)) computed in row tiles of the output, each recomputed in the backward pass.
 
     x (B, h, w, C) -> (B, 2h, 2w, output_nc). The full-resolution tensors (the upsampler's
@@ -568,7 +425,7 @@ def _tiled_tail(up: UpBlock, head: Conv, x):
     """
     b, h, w, _ = x.shape
     height = 2 * h
-    rows = tail_tile_rows(height, 2 * w)
+    rows = tail_tile_rows(height, 2 * w, tile_pixels)
     if rows == height:
         return head(up(x))
     window = rows + 8
@@ -597,8 +454,8 @@ def _tiled_tail(up: UpBlock, head: Conv, x):
 class UpBlock(nnx.Module):
     """ConvTranspose2d + BatchNorm + ReLU: doubles H and W."""
 
-    def __init__(self, in_features, out_features, *, rngs: nnx.Rngs):
-        self.conv = UpConv(in_features, out_features, rngs=rngs)
+    def __init__(self, in_features, out_features, *, kernels: str, rngs: nnx.Rngs):
+        self.conv = UpConv(in_features, out_features, kernels=kernels, rngs=rngs)
         self.bn = batch_norm(out_features, rngs)
 
     def __call__(self, x):
@@ -606,8 +463,18 @@ class UpBlock(nnx.Module):
 
 
 def eval_mode(model: Lama) -> Lama:
-    """A view of `model` whose BatchNorms use the running statistics (inference)."""
+    """A view of `model` for inference: its BatchNorms use the running statistics."""
     return nnx.view(model, use_running_average=True)
+
+
+def train_mode(model: Lama) -> Lama:
+    """A view of `model` for training: batch statistics, running averages updated."""
+    return nnx.view(model, use_running_average=False)
+
+
+def with_kernels(model: Lama, kernels: str) -> Lama:
+    """A view of `model` whose convolutions use `kernels` (`ops.KERNELS`)."""
+    return nnx.view(model, kernels=ops.check_kernels(kernels))
 
 
 def count_parameters(model: Lama) -> int:
@@ -615,6 +482,6 @@ def count_parameters(model: Lama) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def abstract_model(config: LamaConfig) -> Lama:
+def abstract_model(config: LamaConfig, kernels: str | None = None) -> Lama:
     """A Lama of `config` holding shape/dtype structs only (no memory, no initialisation)."""
-    return nnx.eval_shape(lambda: Lama(config, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: Lama(config, rngs=nnx.Rngs(0), kernels=kernels))

@@ -1,7 +1,7 @@
 """Image/mask pyramid, erosion and the refinement losses (NHWC, float32).
 
 Numerically LaMa's `saicinpainting/evaluation/refinement.py` with kornia 0.5 (see
-lama-spec.md §6): 5x5 Gaussian blur (sigma 1, reflect border), bilinear resizing with
+docs/lama.md §6): 5x5 Gaussian blur (sigma 1, reflect border), bilinear resizing with
 align_corners=False and no antialiasing, 15x15 elliptical erosion with a constant-1 border.
 
 Resizing and blurring are linear and separable, so they are written as a pair of small

@@ -1,7 +1,7 @@
 """Plain prediction and multi-scale feature refinement as compiled JAX programs.
 
 Refinement follows Kulshreshtha, Pugh & Jiddi 2022 (arXiv 2206.13644) and LaMa's
-`refinement.py` (lama-spec.md §6): an image/mask pyramid; the coarsest scale is a plain
+`refinement.py` (docs/lama.md §6): an image/mask pyramid; the coarsest scale is a plain
 forward pass; at each finer scale z = front(image, mask) is optimised with Adam so that
 rear(z), blurred and halved, matches the previous scale's result inside the (eroded) hole
 and the image outside it. n_iters forward passes and n_iters - 1 Adam steps per scale.
@@ -33,7 +33,7 @@ import optax
 from flax import nnx
 
 from . import pyramid
-from .model import REMAT_POLICIES, Lama, model_input
+from .model import REMAT_POLICIES, TAIL_TILE_PIXELS, Lama, model_input
 
 
 SCALE_SCHEDULES = ("halving", "adaptive")
@@ -78,6 +78,8 @@ class RefineConfig:
         4.03 / 6.02 GiB peak at the speed of none, which needs 3.42 / 6.42 / 10.65; blocks
         and all cost ~25 % time and blocks saves nothing on XLA-CPU (all: 2.48 / 4.11 / 6.27).
         Results are the same up to float rounding.
+      tile_pixels: with remat "decoder" or "all", output pixels per row tile of the
+        full-resolution tail (smaller tiles: less memory, more overhead).
       compute_dtype: "float32", or "bfloat16": the network's convolutions and activations in
         bfloat16, while the FFTs, the losses, z and Adam stay float32 (53.1 dB from the float32
         result on the README example). Meant for GPU/TPU (not measured there); XLA-CPU computes
@@ -96,11 +98,13 @@ class RefineConfig:
     early_stop_window: int = 3
     scale_schedule: str = "halving"
     remat: str = "decoder"
+    tile_pixels: int = TAIL_TILE_PIXELS
     compute_dtype: str = "float32"
 
     def __post_init__(self):
         problems = []
-        for name in ("n_iters", "min_side", "max_scales", "px_budget", "modulo", "erosion", "early_stop_window"):
+        for name in ("n_iters", "min_side", "max_scales", "px_budget", "modulo", "erosion", "early_stop_window",
+                     "tile_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"{name} must be a positive int, got {value!r}")
@@ -242,7 +246,7 @@ def _valid_region(rows, cols):
 
 
 def scale_problem(graphdef, state, image, mask, ref, down_rows, down_cols, half_rows, half_cols, *,
-                  erosion, remat="none", compute_dtype="float32"):
+                  erosion, remat="none", tile_pixels=TAIL_TILE_PIXELS, compute_dtype="float32"):
     """The optimisation problem of one refined scale, as pure functions (trace inside jit).
 
     image (B, Hp, Wp, 3) reflect-padded; mask (B, Hp, Wp, 1) binary; ref (B, Hr, Wr, 3) the
@@ -262,7 +266,8 @@ def scale_problem(graphdef, state, image, mask, ref, down_rows, down_cols, half_
     base = x[..., : model.config.output_nc]
 
     def loss_fn(z):
-        pred = model.rear(jax.tree.map(lambda t: t.astype(compute_dtype), z), base, remat=remat).astype(jnp.float32)
+        pred = model.rear(jax.tree.map(lambda t: t.astype(compute_dtype), z), base, remat=remat,
+                          tile_pixels=tile_pixels).astype(jnp.float32)
         known_term = pyramid.masked_l1(pred, image, known)
         scale_term = pyramid.masked_l1(pyramid.apply_separable(pred, down_rows, down_cols), ref, hole_half)
         per_image = known_term + scale_term
@@ -278,16 +283,18 @@ def adam(lr):
     return optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "n_iters", "erosion", "remat", "compute_dtype", "report"))
+@partial(jax.jit, static_argnames=("graphdef", "n_iters", "erosion", "remat", "tile_pixels", "compute_dtype",
+                                   "report"))
 def _refine_program(graphdef, state, image, mask, ref, down_rows, down_cols, half_rows, half_cols, lr,
-                    stop_tol, stop_window, hook_token, *, n_iters, erosion, remat="none", compute_dtype="float32",
+                    stop_tol, stop_window, hook_token, *, n_iters, erosion, remat="none",
+                    tile_pixels=TAIL_TILE_PIXELS, compute_dtype="float32",
                     report=False):
     """One refined scale (arguments as `scale_problem`): at most n_iters forwards and n_iters - 1
     Adam steps in a while_loop, stopping early once every image's relative loss improvement over
     `stop_window` iterations is below `stop_tol` (-inf: never). Returns (composite (B, Hp, Wp, 3),
     losses (n_iters, B), zero after the stop, forwards used (int32))."""
     z, loss_fn = scale_problem(graphdef, state, image, mask, ref, down_rows, down_cols, half_rows, half_cols,
-                               erosion=erosion, remat=remat, compute_dtype=compute_dtype)
+                               erosion=erosion, remat=remat, tile_pixels=tile_pixels, compute_dtype=compute_dtype)
     tx = adam(lr)
 
     def converged(losses, i):
@@ -489,7 +496,8 @@ def refine(model: Lama, image, mask, config: RefineConfig = RefineConfig(), *,
                     graphdef, state, *place.batched(image_p, mask_p, *operands),
                     jnp.float32(config.lr), jnp.float32(-np.inf if config.early_stop is None else config.early_stop),
                     jnp.int32(config.early_stop_window), token, n_iters=config.n_iters, erosion=config.erosion,
-                    remat=config.remat, compute_dtype=config.compute_dtype, report=on_iteration is not None)
+                    remat=config.remat, tile_pixels=config.tile_pixels, compute_dtype=config.compute_dtype,
+                    report=on_iteration is not None)
                 out = jax.block_until_ready(out)
             info.iterations = int(used)
             info.losses = np.asarray(losses)[:info.iterations, :batch]
@@ -602,7 +610,8 @@ def estimate_memory(model: Lama, height: int, width: int, *, batch: int = 1, ref
                 graphdef, state, spec(batch, hp, wp, 3), spec(batch, hp, wp, 1), spec(batch, hr, wr, 3),
                 spec(batch, hr, hp), spec(batch, wr, wp), spec(batch, hr, hp), spec(batch, wr, wp),
                 f32(0), f32(0), jnp.int32(1), jnp.int32(0), n_iters=config.n_iters, erosion=config.erosion,
-                remat=config.remat, compute_dtype=config.compute_dtype, report=True)
+                remat=config.remat, tile_pixels=config.tile_pixels, compute_dtype=config.compute_dtype,
+                report=True)
         else:
             lowered = _predict_program.lower(graphdef, state, spec(batch, hp, wp, 3), spec(batch, hp, wp, 1),
                                              compute_dtype=config.compute_dtype if refine else "float32")

@@ -1,20 +1,14 @@
 """Shared fixtures: the golden fixtures of the original PyTorch LaMa and the converted tiny model."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-GOLDEN = Path(os.environ.get("JAX_REFINE_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden"))
+GOLDEN = Path(__file__).resolve().parent / "golden"  # see golden/README.md
 GOLDEN_IMAGES = ["astronaut_251x317", "coffee_300x400", "chelsea_240x296"]
 GOLDEN_REFINE = ["refine2_coffee", "refine3_coffee", "refine_budget_coffee", "refine2_coffee_5iters", "refine2_chelsea"]
-
-
-def pytest_configure(config):
-    if not GOLDEN.is_dir():
-        raise pytest.UsageError(f"golden fixtures not found at {GOLDEN} (set JAX_REFINE_GOLDEN)")
 
 
 def load_golden_image(name):

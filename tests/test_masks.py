@@ -34,7 +34,7 @@ def _eroded_share(masks, k):
 
 
 def test_kinds_differ_in_stroke_thickness():
-    # With masks.md's parameters the mean hole fraction is about the same for all kinds
+    # With LaMa's parameters (docs/lama.md §8) the mean hole fraction is about the same for all kinds
     # (~0.32 / 0.36 / 0.31 at 256 px: thin has many narrow strokes, thick few wide ones
     # and more redraws at the 50 % cap); what differs is how thick the strokes are.
     share = {kind: _eroded_share(_masks(kind, 20, 256), 9) for kind in KINDS}

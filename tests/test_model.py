@@ -64,12 +64,11 @@ def test_remat_gives_the_same_gradient():
 
 
 @pytest.mark.parametrize("tile_pixels, rows", [(56 * 6, 6), (56 * 2, 2), (56 * 16, 16)])
-def test_tiled_tail_matches_the_whole_image(monkeypatch, tile_pixels, rows):
+def test_tiled_tail_matches_the_whole_image(tile_pixels, rows):
     """remat="decoder" runs the last upsampler and the head in row tiles: 40 rows in tiles of 6
     (the last overlapping its neighbour), of 2 (the smallest), of 16 (three tiles whose
     windows reach both borders): same image and same gradient as the untiled decoder."""
-    monkeypatch.setattr(model_lib, "TAIL_TILE_PIXELS", tile_pixels)
-    assert model_lib.tail_tile_rows(40, 56) == rows
+    assert model_lib.tail_tile_rows(40, 56, tile_pixels) == rows
     model = eval_mode(Lama(TINY_LAMA, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     # running statistics away from (0, 1), so the BatchNorms of the tiles do real work
@@ -81,7 +80,7 @@ def test_tiled_tail_matches_the_whole_image(monkeypatch, tile_pixels, rows):
 
     @partial(jax.jit, static_argnames="remat")
     def image_and_grad(state, z, remat):
-        rear = lambda z: nnx.merge(graphdef, state).rear(z, remat=remat)
+        rear = lambda z: nnx.merge(graphdef, state).rear(z, remat=remat, tile_pixels=tile_pixels)
         return rear(z), jax.grad(lambda z: jnp.sum(rear(z) * weights))(z)
 
     whole, whole_grad = image_and_grad(state, z, "none")
@@ -151,56 +150,3 @@ def test_training_mode_updates_every_batch_norm():
     assert any(k[0] == "blocks" for k in after)
     unchanged = [k for k, v in after.items() if np.array_equal(before[k], v)]
     assert not unchanged, unchanged
-
-
-@pytest.mark.parametrize("strides, padding, dilation", [
-    ((1, 1), ((0, 0), (0, 0)), (1, 1)),
-    ((2, 2), ((1, 1), (1, 1)), (1, 1)),
-    ((1, 1), ((1, 2), (1, 2)), (2, 2)),  # the upsamplers
-    ((2, 1), ((0, 1), (2, 0)), (1, 1)),
-])
-@pytest.mark.parametrize("in_loop", [False, True])
-def test_conv2d_gradients_match_stock_conv(strides, padding, dilation, in_loop):
-    from jax_refine.model import _conv, _conv2d
-
-    rng = np.random.default_rng(3)
-    x = jnp.asarray(rng.normal(size=(2, 11, 13, 5)), jnp.float32)
-    k = jnp.asarray(rng.normal(size=(3, 3, 5, 7)), jnp.float32)
-    ours = jax.grad(lambda x, k: jnp.sum(jnp.sin(_conv2d(x, k, strides, padding, dilation, in_loop))), (0, 1))(x, k)
-    stock = jax.grad(lambda x, k: jnp.sum(jnp.sin(_conv(x, k, strides, padding, dilation))), (0, 1))(x, k)
-    for a, b in zip(ours, stock):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
-
-
-
-@pytest.mark.parametrize("in_loop", [False, True])
-def test_up_conv_phases_match_the_dilated_conv(in_loop):
-    """The upsampler's conv, computed per output phase, against the stock input-dilated conv:
-    values, input and kernel gradients (odd sizes: the zero row/column below the image)."""
-    from jax_refine.model import _conv, _up_conv2d
-
-    rng = np.random.default_rng(4)
-    x = jnp.asarray(rng.normal(size=(2, 7, 9, 5)), jnp.float32)
-    k = jnp.asarray(rng.normal(size=(3, 3, 5, 6)), jnp.float32)
-    stock = lambda x, k: _conv(x, k, (1, 1), ((1, 2), (1, 2)), (2, 2))
-    ours = lambda x, k: _up_conv2d(x, k, in_loop)
-    assert ours(x, k).shape == (2, 14, 18, 6)
-    np.testing.assert_allclose(np.asarray(ours(x, k)), np.asarray(stock(x, k)), rtol=0, atol=1e-5)
-    grads = [jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, k) for f in (ours, stock)]
-    for a, b in zip(*grads):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
-
-
-def test_thin_conv_matches_the_stock_conv():
-    """The 7x7 conv to 3 channels (the head) as row taps in channels: values and gradients."""
-    from jax_refine.model import _conv, thin_conv2d
-
-    rng = np.random.default_rng(5)
-    x = jnp.asarray(rng.normal(size=(2, 12, 10, 4)), jnp.float32)
-    k = jnp.asarray(rng.normal(size=(7, 5, 4, 3)), jnp.float32)
-    stock = lambda x, k: _conv(x, k, (1, 1), ((0, 0), (0, 0)), (1, 1))
-    assert thin_conv2d(x, k).shape == (2, 6, 6, 3)
-    np.testing.assert_allclose(np.asarray(thin_conv2d(x, k)), np.asarray(stock(x, k)), rtol=0, atol=1e-5)
-    grads = [jax.grad(lambda x, k: jnp.sum(jnp.sin(f(x, k))), (0, 1))(x, k) for f in (thin_conv2d, stock)]
-    for a, b in zip(*grads):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)

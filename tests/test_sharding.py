@@ -45,8 +45,7 @@ alone = [jax_refine.inpaint(im, h, model, config=config) for im, h in zip(u8, ho
 spatial, spatial_scales = refine_lib.refine(model, x[:1], m[:1], config, devices=jax.devices(), spatial=True)
 alone_refined, alone_scales = refine_lib.refine(model, x[:1], m[:1], config)
 # the same with remat="decoder" and the full-resolution tail in tiles of 16 rows over the split rows
-jax_refine.model.TAIL_TILE_PIXELS = 16 * 296
-tiled_config = RefineConfig(min_side=100, n_iters=4, remat="decoder")
+tiled_config = RefineConfig(min_side=100, n_iters=4, remat="decoder", tile_pixels=16 * 296)
 tiled, tiled_scales = refine_lib.refine(model, x[:1], m[:1], tiled_config, devices=jax.devices(), spatial=True)
 # rows that do not divide over the devices: said, not silently unsplit
 import warnings

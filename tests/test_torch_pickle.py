@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_FILE = ROOT / "jax_refine" / "_torch_pickle.py"
-GOLDEN = Path("/work/shared/golden")
+GOLDEN = ROOT / "tests" / "golden"
 CKPT = GOLDEN / "tinylama.ckpt"
 OMEGA = GOLDEN / "tinylama_omegaconf.ckpt"
 PTH = GOLDEN / "tinylama_generator_state_dict.pth"

@@ -1,6 +1,6 @@
 """Proves the PyTorch reference (tests/reference/lama_torch.py) against the golden outputs.
 
-The goldens in ``shared/golden`` were produced by the original LaMa code (torch 2.13 CPU,
+The goldens in ``tests/golden`` were produced by the original LaMa code (torch 2.13 CPU,
 float32, 2 threads). On this machine the reference reproduces every golden bit for bit
 (max |delta| = 0 for predict and refine, every per-iteration loss identical).
 
@@ -20,7 +20,6 @@ Tolerances:
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -33,11 +32,7 @@ torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference import lama_torch as ref  # noqa: E402
 
-GOLDEN = Path(  # same variable as tests/conftest.py
-    os.environ.get("JAX_REFINE_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden")
-)
-if not (GOLDEN / "tinylama.ckpt").exists():
-    pytest.skip(f"golden fixtures not found in {GOLDEN}", allow_module_level=True)
+from conftest import GOLDEN  # noqa: E402
 
 PREDICT_CASES = ["astronaut_251x317", "coffee_300x400", "chelsea_240x296"]
 REFINE_CASES = [

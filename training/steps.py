@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jax_refine.model import Lama, LamaConfig, eval_mode, model_input
+from jax_refine.model import Lama, LamaConfig, eval_mode, model_input, train_mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +120,7 @@ def init_state(cfg: TrainConfig, generator: Lama | None = None):
     """(g_graphdef, d_graphdef or None, state dict of pytrees) of a new run; `generator`:
     start from these weights (a fresh optimiser) instead of a random initialisation."""
     model = generator if generator is not None else Lama(cfg.model_config(), rngs=nnx.Rngs(cfg.seed))
-    model = nnx.view(model, use_running_average=False)
+    model = train_mode(model)
     g_graphdef, g_params, g_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     state = {"g_params": g_params, "g_stats": g_stats, "g_opt": generator_optimizer(cfg).init(g_params)}
     d_graphdef = None

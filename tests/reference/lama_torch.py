@@ -1,8 +1,8 @@
 """Independent PyTorch reference of LaMa's generator, plain prediction and refinement.
 
 Used only by tests and benchmarks as ground truth next to the JAX port. Written from
-``shared/lama-spec.md`` (§1-2 architecture, §5 predict, §6 refinement) and checked against
-the golden outputs of the original code in ``shared/golden`` (see
+``docs/lama.md`` (§1-2 architecture, §5 predict, §6 refinement) and checked against
+the golden outputs of the original code in ``tests/golden`` (see
 ``tests/test_torch_reference.py``). Everything is NCHW and float32.
 
 API
