@@ -28,8 +28,8 @@ from .model import BIG_LAMA as BIG_LAMA
 from .model import TINY_LAMA as TINY_LAMA
 from .model import Lama as Lama
 from .model import LamaConfig as LamaConfig
-from .refine import MemoryEstimate as MemoryEstimate
-from .refine import RefineConfig as RefineConfig
+from .memory import MemoryEstimate as MemoryEstimate
+from .plan import RefineConfig as RefineConfig
 from .refine import ScaleInfo as ScaleInfo
 
 __all__ = [

@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from . import pyramid
+from . import plan, pyramid
 from . import refine as refine_lib
 from .convert import load
 from .crop import hole_regions
 from .model import Lama
-from .refine import MemoryEstimate, RefineConfig, ScaleInfo
+from .memory import MemoryEstimate, estimate_memory
+from .plan import RefineConfig, model_defaults
+from .refine import ScaleInfo
 
 # The default model ships in the repository's weights/default; a wheel installs that folder as
 # jax_refine/weights/default (pyproject's package-dir), a source checkout reads it in place.
@@ -190,13 +192,13 @@ def estimate(image_size: tuple[int, int], model: Lama | str | os.PathLike | None
     if min(h, w, batch) < 1:
         raise ValueError(f"image_size and batch must be positive, got {image_size} and {batch}")
     model = resolve_model(model)
-    return refine_lib.estimate_memory(model, int(h), int(w), batch=batch, refine=refine,
+    return estimate_memory(model, int(h), int(w), batch=batch, refine=refine,
                                       config=_config(config, model))
 
 
 def _config(config: RefineConfig | None, model) -> RefineConfig:
     """`config`, or when None the model's own recommended settings (`refine.model_defaults`)."""
-    return refine_lib.model_defaults(resolve_model(model)) if config is None else config
+    return model_defaults(resolve_model(model)) if config is None else config
 
 
 # --------------------------------------------------------------------------------------
@@ -332,8 +334,8 @@ def batch_key(size: tuple[int, int], refine: bool, model: Lama | str | os.PathLi
     model's modulo; with refinement `refine.run_key` (every pyramid level of `config` pads to
     the same size), which needs no model unless config is None (the model's defaults)."""
     if refine:
-        return refine_lib.run_key(*size, _config(config, model))
-    return tuple(refine_lib.padded(n, resolve_model(model).config.modulo) for n in size)
+        return plan.run_key(*size, _config(config, model))
+    return tuple(plan.padded(n, resolve_model(model).config.modulo) for n in size)
 
 
 def _source(image) -> _Image:
@@ -358,7 +360,7 @@ def _inpaint_group(sources: list[_Image], holes: list[np.ndarray], model, refine
         config = dataclasses.replace(config, full_size_output=True)
     if not refine:  # each image padded to the common padded size as `predict` pads it alone
         hp, wp = batch_key(holes[todo[0]].shape, False, model)
-        pad = functools.partial(refine_lib.pad_bottom_right, hp=hp, wp=wp, mode="symmetric")
+        pad = functools.partial(plan.pad_bottom_right, hp=hp, wp=wp, mode="symmetric")
         out, _ = refine_lib.predict(model, np.concatenate([pad(sources[i].rgb[None]) for i in todo]),
                                     np.concatenate([pad(holes[i][None, ..., None].astype(np.float32)) for i in todo]),
                                     devices=devices, spatial=spatial)
@@ -368,15 +370,15 @@ def _inpaint_group(sources: list[_Image], holes: list[np.ndarray], model, refine
         return results, infos
     on_scale, on_iteration, close = _progress_hooks(progress, config)
     try:
-        outs, scales = refine_lib.refine(model, [sources[i].rgb for i in todo],
+        outs, scales = refine_lib.multiscale(model, [sources[i].rgb for i in todo],
                                          [holes[i][..., None].astype(np.float32) for i in todo], config,
                                          on_scale=on_scale, on_iteration=on_iteration, devices=devices, spatial=spatial)
     finally:
         close()
     for k, (out, i) in enumerate(zip(outs, todo)):
-        plan = refine_lib.plan_scales(*holes[i].shape, config)  # this image's sizes and losses in the run's scales
+        own = plan.plan_scales(*holes[i].shape, config)  # this image's sizes and losses in the run's scales
         infos[i] = InpaintInfo(True, [dataclasses.replace(s, size=p.size, losses=s.losses[:, k:k + 1])
-                                      for s, p in zip(scales, plan)], out.shape[:2])
+                                      for s, p in zip(scales, own)], out.shape[:2])
         if out.shape[:2] == holes[i].shape:
             results[i] = sources[i].restore(np.clip(out, 0.0, 1.0), holes[i])
         elif config.full_size_output:  # upscale the fill into the full-resolution image
@@ -397,7 +399,7 @@ def _is_pil(x) -> bool:
 
 
 def _progress_hooks(progress, config):
-    """(on_scale, on_iteration, close) for refine_lib.refine from the `progress` argument."""
+    """(on_scale, on_iteration, close) for refine.multiscale from the `progress` argument."""
     if not progress:
         return None, None, lambda: None
     state = {}

@@ -26,7 +26,7 @@ from pathlib import Path
 from . import __version__
 from .api import enable_compilation_cache
 from .model import REMAT_POLICIES
-from .refine import COMPUTE_DTYPES, SCALE_SCHEDULES, RefineConfig, model_defaults
+from .plan import COMPUTE_DTYPES, SCALE_SCHEDULES, RefineConfig, model_defaults
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -1,4 +1,4 @@
-"""Image/mask pyramid, erosion and the refinement losses (NHWC, float32).
+"""Resizing, blurring and erosion of images and masks (NHWC, float32).
 
 Numerically LaMa's `saicinpainting/evaluation/refinement.py` with kornia 0.5 (see
 docs/lama.md §6): 5x5 Gaussian blur (sigma 1, reflect border), bilinear resizing with
@@ -144,20 +144,3 @@ def erode(mask: jax.Array, valid: jax.Array, size: int = EROSION_SIZE) -> jax.Ar
         run = lax.reduce_window(x[:, i : i + h], jnp.inf, lax.min, (1, 1, 2 * half + 1, 1), (1, 1, 1, 1), "VALID")
         out = jnp.minimum(out, run[:, :, radius - half : radius - half + w])
     return out * valid
-
-
-# --------------------------------------------------------------------------------------
-# Losses
-# --------------------------------------------------------------------------------------
-
-
-def masked_l1(a: jax.Array, b: jax.Array, weight: jax.Array) -> jax.Array:
-    """Per-image mean of |a - b| over the elements where weight (broadcast to a) is 1.
-
-    a, b (B, H, W, C); weight (B, H, W, 1) in {0, 1}. Returns (B,). An empty selection
-    gives 0 with zero gradient (torch gives NaN loss there; see RefineConfig docs).
-    """
-    weight = jnp.broadcast_to(weight, a.shape)
-    count = jnp.sum(weight, axis=(1, 2, 3))
-    total = jnp.sum(weight * jnp.abs(a - b), axis=(1, 2, 3))
-    return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)

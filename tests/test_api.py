@@ -130,7 +130,7 @@ def test_a_model_recommends_its_refinement_settings(tiny_model, small, tmp_path)
 
     import jax_refine
     from jax_refine.convert import model_from_flat
-    from jax_refine.refine import model_defaults
+    from jax_refine.plan import model_defaults
 
     image, mask = small
     assert model_defaults(tiny_model) == jax_refine.RefineConfig()  # converted LaMa weights keep LaMa's

@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_refine import RefineConfig, inpaint
-from jax_refine import pyramid
+from jax_refine import RefineConfig, inpaint, losses, memory, plan, pyramid
 from jax_refine import refine as refine_lib
 
 from conftest import GOLDEN, GOLDEN_REFINE, load_golden_case, load_golden_image
@@ -31,7 +30,7 @@ def test_refinement_matches_golden(tiny_model, case):
     p = meta["params"]
     config = RefineConfig(n_iters=p["n_iters"], lr=p["lr"], min_side=p["min_side"], max_scales=p["max_scales"],
                           px_budget=p["px_budget"], modulo=p["modulo"])
-    out, scales = refine_lib.refine(tiny_model, image[None], _binary(mask), config)
+    out, scales = refine_lib.multiscale(tiny_model, image[None], _binary(mask), config)
     assert out.shape[1:3] == tuple(meta["output_hw"])
     assert [s.padded_size for s in scales] == [tuple(s["padded_hw"]) for s in meta["scales"]]
     assert [s.size for s in scales] == [tuple(s["orig_hw"]) for s in meta["scales"]]
@@ -97,25 +96,25 @@ def test_pyramid_level_is_blur_then_half_size_bilinear():
 
 def test_scale_plan_follows_the_original():
     c = RefineConfig()
-    assert refine_lib.scale_sizes(724, 1000, c) == [(724, 1000)]
-    assert refine_lib.scale_sizes(725, 1000, c) == [(362, 500), (725, 1000)]
-    assert refine_lib.scale_sizes(1449, 1500, RefineConfig(px_budget=10**7)) == [(362, 375), (724, 750), (1449, 1500)]
-    assert refine_lib.budget_size(1080, 1920, c.px_budget) == (1006, 1788)
-    assert refine_lib.budget_size(3000, 4000, c.px_budget) == (1161, 1549)
+    assert plan.scale_sizes(724, 1000, c) == [(724, 1000)]
+    assert plan.scale_sizes(725, 1000, c) == [(362, 500), (725, 1000)]
+    assert plan.scale_sizes(1449, 1500, RefineConfig(px_budget=10**7)) == [(362, 375), (724, 750), (1449, 1500)]
+    assert plan.budget_size(1080, 1920, c.px_budget) == (1006, 1788)
+    assert plan.budget_size(3000, 4000, c.px_budget) == (1161, 1549)
 
 
 def test_adaptive_schedule_spaces_the_same_number_of_scales_from_min_side():
     big = dict(px_budget=10**8)
-    sizes = refine_lib.scale_sizes(2048, 2048, RefineConfig(scale_schedule="adaptive", **big))
+    sizes = plan.scale_sizes(2048, 2048, RefineConfig(scale_schedule="adaptive", **big))
     assert sizes == [(512, 512), (813, 813), (2048, 2048)]  # 2 octaves in steps of 2/3 and 4/3
-    assert refine_lib.scale_sizes(1060, 1697, RefineConfig(min_side=256, scale_schedule="adaptive", **big)) == \
+    assert plan.scale_sizes(1060, 1697, RefineConfig(min_side=256, scale_schedule="adaptive", **big)) == \
         [(256, 410), (411, 658), (1060, 1697)]
     # two scales: coarsest exactly at min_side (halving gives 362 x 500)
-    assert refine_lib.scale_sizes(725, 1000, RefineConfig(scale_schedule="adaptive")) == [(512, 706), (725, 1000)]
-    assert refine_lib.scale_sizes(724, 1000, RefineConfig(scale_schedule="adaptive")) == [(724, 1000)]
-    plan = refine_lib.plan_scales(2048, 2048, RefineConfig(scale_schedule="adaptive", **big))
-    assert [round(s.down_sigma, 4) for s in plan] == [1.0, round(813 / 512 / 2, 4), round(2048 / 813 / 2, 4)]
-    assert [s.down_sigma for s in refine_lib.plan_scales(2048, 2048, RefineConfig(**big))] == [1.0] * 3
+    assert plan.scale_sizes(725, 1000, RefineConfig(scale_schedule="adaptive")) == [(512, 706), (725, 1000)]
+    assert plan.scale_sizes(724, 1000, RefineConfig(scale_schedule="adaptive")) == [(724, 1000)]
+    scales = plan.plan_scales(2048, 2048, RefineConfig(scale_schedule="adaptive", **big))
+    assert [round(s.down_sigma, 4) for s in scales] == [1.0, round(813 / 512 / 2, 4), round(2048 / 813 / 2, 4)]
+    assert [s.down_sigma for s in plan.plan_scales(2048, 2048, RefineConfig(**big))] == [1.0] * 3
     with pytest.raises(ValueError, match="scale_schedule must be one of halving, adaptive"):
         RefineConfig(scale_schedule="octave")
 
@@ -140,11 +139,11 @@ def test_adaptive_refinement_matches_the_torch_reference(tiny_model):
 
     image, mask = load_golden_image("coffee_300x400")
     config = RefineConfig(min_side=64, n_iters=4, scale_schedule="adaptive")
-    out, scales = refine_lib.refine(tiny_model, image[None], _binary(mask), config)
+    out, scales = refine_lib.multiscale(tiny_model, image[None], _binary(mask), config)
     assert [s.size for s in scales] == [(64, 85), (107, 143), (300, 400)]
     assert scales[2].padded_size == (304, 400) and scales[1].padded_size == (112, 144)
-    assert refine_lib.reference_frame(scales[2].padded_size, scales[1].size, 8) == (152, 200)
-    assert refine_lib.reference_frame(scales[1].padded_size, scales[0].size, 8) == (64, 88)  # 64 > 112 // 2
+    assert plan.reference_frame(scales[2].padded_size, scales[1].size, 8) == (152, 200)
+    assert plan.reference_frame(scales[1].padded_size, scales[0].size, 8) == (64, 88)  # 64 > 112 // 2
     torch_model = ref.FFCResNetGenerator(ngf=8, n_downsampling=3, n_blocks=2)
     torch_model.load_state_dict(ref.load_golden_state_dict(GOLDEN / "tinylama.ckpt"), strict=True)
     threads = torch.get_num_threads()
@@ -197,14 +196,14 @@ def test_masked_l1_is_the_mean_over_selected_elements():
     rng = np.random.default_rng(3)
     a, b = rng.uniform(size=(2, 2, 6, 7, 3)).astype(np.float32)
     w = (rng.uniform(size=(2, 6, 7, 1)) > 0.5).astype(np.float32)
-    got = np.asarray(pyramid.masked_l1(jnp.asarray(a), jnp.asarray(b), jnp.asarray(w)))
+    got = np.asarray(losses.masked_l1(jnp.asarray(a), jnp.asarray(b), jnp.asarray(w)))
     for i in range(2):
         sel = np.broadcast_to(w[i] > 0, a[i].shape)
         np.testing.assert_allclose(got[i], np.abs(a[i] - b[i])[sel].mean(), rtol=1e-6)
     # an empty selection gives 0 and a zero (not NaN) gradient
     zero = jnp.zeros((1, 6, 7, 1))
-    assert float(pyramid.masked_l1(jnp.asarray(a[:1]), jnp.asarray(b[:1]), zero)[0]) == 0.0
-    g = jax.grad(lambda a: pyramid.masked_l1(a, jnp.asarray(b[:1]), zero)[0])(jnp.asarray(a[:1]))
+    assert float(losses.masked_l1(jnp.asarray(a[:1]), jnp.asarray(b[:1]), zero)[0]) == 0.0
+    g = jax.grad(lambda a: losses.masked_l1(a, jnp.asarray(b[:1]), zero)[0])(jnp.asarray(a[:1]))
     assert np.all(np.asarray(g) == 0)
 
 
@@ -212,11 +211,11 @@ def test_both_loss_terms_of_the_first_iteration(tiny_model):
     """The first loss of a refined scale = known-pixel L1 + multi-scale L1, computed by hand."""
     meta, _ = load_golden_case("refine2_coffee")
     image, mask = load_golden_image("coffee_300x400")
-    _, scales = refine_lib.refine(tiny_model, image[None], _binary(mask), RefineConfig(min_side=128, n_iters=1))
+    _, scales = refine_lib.multiscale(tiny_model, image[None], _binary(mask), RefineConfig(min_side=128, n_iters=1))
     down_rows, down_cols = (pyramid.pyr_down_matrix(n).astype(np.float32) for n in (300, 400))
     coarse_image = np.asarray(pyramid.apply_separable(jnp.asarray(image[None]), down_rows, down_cols))
     coarse_mask = np.asarray(pyramid.round_up(pyramid.apply_separable(jnp.asarray(_binary(mask)), down_rows, down_cols)))
-    ref, _ = refine_lib.refine(tiny_model, coarse_image, coarse_mask, RefineConfig(min_side=1000))  # one scale
+    ref, _ = refine_lib.multiscale(tiny_model, coarse_image, coarse_mask, RefineConfig(min_side=1000))  # one scale
     # the fine scale: reflect-padded to 304 x 400; the first forward is the plain network output
     image_p = np.pad(image, ((0, 4), (0, 0), (0, 0)), mode="reflect")
     mask_p = np.pad(mask > 0, ((0, 4), (0, 0)), mode="reflect").astype(np.float32)[..., None]
@@ -235,7 +234,7 @@ def test_both_loss_terms_of_the_first_iteration(tiny_model):
 
 def test_loss_decreases(tiny_model):
     image, mask = load_golden_image("chelsea_240x296")
-    _, scales = refine_lib.refine(tiny_model, image[None], _binary(mask), RefineConfig(min_side=100, n_iters=8))
+    _, scales = refine_lib.multiscale(tiny_model, image[None], _binary(mask), RefineConfig(min_side=100, n_iters=8))
     losses = scales[-1].losses[:, 0]
     assert np.all(np.diff(losses) < 0)
 
@@ -245,10 +244,10 @@ def test_second_image_of_the_same_padded_size_reuses_the_compiled_program(tiny_m
     config = RefineConfig(min_side=32, n_iters=3)
     mask = np.zeros((1, 70, 90, 1), np.float32)
     mask[:, 20:50, 30:70] = 1
-    refine_lib.refine(tiny_model, rng.uniform(size=(1, 70, 90, 3)).astype(np.float32), mask, config)
+    refine_lib.multiscale(tiny_model, rng.uniform(size=(1, 70, 90, 3)).astype(np.float32), mask, config)
     compiled = refine_lib._refine_program._cache_size()
     # different valid size (66 x 89), same padded size (72 x 96) at both scales
-    out, scales = refine_lib.refine(tiny_model, rng.uniform(size=(1, 66, 89, 3)).astype(np.float32),
+    out, scales = refine_lib.multiscale(tiny_model, rng.uniform(size=(1, 66, 89, 3)).astype(np.float32),
                                     mask[:, :66, :89], config)
     assert [s.padded_size for s in scales] == [(40, 48), (72, 96)]
     assert refine_lib._refine_program._cache_size() == compiled
@@ -261,7 +260,7 @@ def test_empty_eroded_hole_optimises_the_known_pixels_only(tiny_model):
     image, _ = load_golden_image("coffee_300x400")
     mask = np.zeros((1, 300, 400, 1), np.float32)
     mask[:, 100:110, 50:350] = 1  # 10 px high: empty after halving and the 15x15 erosion
-    out, scales = refine_lib.refine(tiny_model, image[None], mask, RefineConfig(min_side=128, n_iters=4))
+    out, scales = refine_lib.multiscale(tiny_model, image[None], mask, RefineConfig(min_side=128, n_iters=4))
     losses = scales[-1].losses[:, 0]
     assert np.all(np.isfinite(losses)) and np.all(np.isfinite(out))
     assert np.all(np.diff(losses) < 0)
@@ -271,8 +270,8 @@ def test_batch_equals_single_images(tiny_model):
     image_a, mask_a = load_golden_image("chelsea_240x296")
     image_b = image_a[::-1].copy()
     config = RefineConfig(min_side=100, n_iters=4)
-    batch, _ = refine_lib.refine(tiny_model, np.stack([image_a, image_b]), np.concatenate([_binary(mask_a)] * 2), config)
-    single, _ = refine_lib.refine(tiny_model, image_b[None], _binary(mask_a), config)
+    batch, _ = refine_lib.multiscale(tiny_model, np.stack([image_a, image_b]), np.concatenate([_binary(mask_a)] * 2), config)
+    single, _ = refine_lib.multiscale(tiny_model, image_b[None], _binary(mask_a), config)
     np.testing.assert_allclose(batch[1], single[0], atol=2e-4)
 
 
@@ -280,11 +279,11 @@ def test_a_run_refuses_images_of_different_run_keys(tiny_model):
     image, mask = load_golden_image("chelsea_240x296")
     masks = [_binary(mask)[0], _binary(mask)[0, :225]]
     with pytest.raises(ValueError, match="2 different run_keys"):  # levels 120x152 and 112x152
-        refine_lib.refine(tiny_model, [image, image[:225]], masks, RefineConfig(min_side=100))
+        refine_lib.multiscale(tiny_model, [image, image[:225]], masks, RefineConfig(min_side=100))
     with pytest.raises(ValueError, match="one mask of its image's size per image"):
-        refine_lib.refine(tiny_model, [image, image[:225]], masks[::-1], RefineConfig(min_side=100))
+        refine_lib.multiscale(tiny_model, [image, image[:225]], masks[::-1], RefineConfig(min_side=100))
     with pytest.raises(ValueError, match="one or more images"):
-        refine_lib.refine(tiny_model, [], [], RefineConfig(min_side=100))
+        refine_lib.multiscale(tiny_model, [], [], RefineConfig(min_side=100))
 
 
 def test_invalid_refine_config_is_refused():
@@ -315,22 +314,22 @@ def _first_stop(losses, tol, window):
 def test_early_stop_fires_where_the_rule_says_and_equals_a_shorter_run(tiny_model, tol):
     image, mask = load_golden_image("chelsea_240x296")
     base = RefineConfig(min_side=100, n_iters=12)
-    _, full = refine_lib.refine(tiny_model, image[None], _binary(mask), base)
+    _, full = refine_lib.multiscale(tiny_model, image[None], _binary(mask), base)
     curve = full[-1].losses[:, 0]
     stop = _first_stop(curve, tol, window=2)
     assert stop is not None and stop < 11, curve  # the case must exercise the rule
-    out, scales = refine_lib.refine(tiny_model, image[None], _binary(mask),
+    out, scales = refine_lib.multiscale(tiny_model, image[None], _binary(mask),
                                     RefineConfig(min_side=100, n_iters=12, early_stop=tol, early_stop_window=2))
     assert scales[-1].iterations == stop + 1 and scales[0].iterations == 1
     np.testing.assert_array_equal(scales[-1].losses[:, 0], curve[:stop + 1])
     # stopping after forward `stop` decodes the same features as a run with stop + 1 forwards
-    shorter, _ = refine_lib.refine(tiny_model, image[None], _binary(mask), RefineConfig(min_side=100, n_iters=stop + 1))
+    shorter, _ = refine_lib.multiscale(tiny_model, image[None], _binary(mask), RefineConfig(min_side=100, n_iters=stop + 1))
     np.testing.assert_allclose(out, shorter, atol=1e-6)
 
 
 def test_early_stop_is_bounded_by_n_iters_and_window(tiny_model):
     image, mask = load_golden_image("chelsea_240x296")
-    run = lambda **kw: refine_lib.refine(tiny_model, image[None], _binary(mask), RefineConfig(min_side=100, **kw))[1][-1]
+    run = lambda **kw: refine_lib.multiscale(tiny_model, image[None], _binary(mask), RefineConfig(min_side=100, **kw))[1][-1]
     assert run(n_iters=5, early_stop=0.0).iterations == 5  # the loss keeps decreasing: never stops
     assert run(n_iters=5, early_stop=1.0, early_stop_window=3).iterations == 4  # first check at iteration 3
     assert run(n_iters=3, early_stop=1.0, early_stop_window=3).iterations == 3  # the window is longer than the run
@@ -341,12 +340,12 @@ def test_early_stop_is_bounded_by_n_iters_and_window(tiny_model):
 
 def test_memory_estimate_reads_xla_buffer_sizes(tiny_model):
     config = RefineConfig(min_side=64, n_iters=3)
-    est = refine_lib.estimate_memory(tiny_model, 150, 200, config=config)
+    est = memory.estimate_memory(tiny_model, 150, 200, config=config)
     assert [size for size, _ in est.scales] == [(80, 104), (152, 200)]
     assert est.backend == "cpu" and est.peak_bytes == est.baseline_bytes + est.program_bytes + est.host_bytes
     # the refined scale's program holds at least its activations: z and the rear's output
     z_bytes = 152 // 8 * 200 // 8 * sum(tiny_model.config.z_channels) * 4
     assert est.scales[1][1] > z_bytes + 152 * 200 * 3 * 4
     assert est.scales[1][1] > est.scales[0][1]  # the backward pass needs more than a forward
-    plain = refine_lib.estimate_memory(tiny_model, 150, 200, refine=False, config=config)
+    plain = memory.estimate_memory(tiny_model, 150, 200, refine=False, config=config)
     assert [size for size, _ in plain.scales] == [(152, 200)] and plain.program_bytes < est.program_bytes

@@ -22,6 +22,7 @@ sys.path.insert(0, sys.argv[2])
 from conftest import load_golden_image
 import jax_refine
 from jax_refine import RefineConfig, refine as refine_lib
+from jax_refine.placement import Placement
 
 assert len(jax.devices()) == 4, jax.devices()
 model = jax_refine.load(sys.argv[1])
@@ -31,8 +32,8 @@ masks = [mask > 0, (mask > 0)[::-1], (mask > 0)[:, ::-1]]
 x = np.stack(images)
 m = np.stack(masks)[..., None].astype(np.float32)
 config = RefineConfig(min_side=100, n_iters=4)
-single, single_scales = refine_lib.refine(model, x, m, config)
-sharded, sharded_scales = refine_lib.refine(model, x, m, config, devices=jax.devices())  # 3 images padded to 4
+single, single_scales = refine_lib.multiscale(model, x, m, config)
+sharded, sharded_scales = refine_lib.multiscale(model, x, m, config, devices=jax.devices())  # 3 images padded to 4
 plain_single, _ = refine_lib.predict(model, x, m)
 plain_sharded, _ = refine_lib.predict(model, x, m, devices=jax.devices())
 # inpaint_batch on 4 devices: uint8 images of three sizes, one without a hole; 233x296 shares
@@ -42,16 +43,16 @@ holes = masks + [np.zeros((200, 296), bool), masks[0][:233]]
 batch = jax_refine.inpaint_batch(u8, holes, model, config=config)
 alone = [jax_refine.inpaint(im, h, model, config=config) for im, h in zip(u8, holes)]
 # one image's rows split over the 4 devices
-spatial, spatial_scales = refine_lib.refine(model, x[:1], m[:1], config, devices=jax.devices(), spatial=True)
-alone_refined, alone_scales = refine_lib.refine(model, x[:1], m[:1], config)
+spatial, spatial_scales = refine_lib.multiscale(model, x[:1], m[:1], config, devices=jax.devices(), spatial=True)
+alone_refined, alone_scales = refine_lib.multiscale(model, x[:1], m[:1], config)
 # the same with remat="decoder" and the full-resolution tail in tiles of 16 rows over the split rows
 tiled_config = RefineConfig(min_side=100, n_iters=4, remat="decoder", tile_pixels=16 * 296)
-tiled, tiled_scales = refine_lib.refine(model, x[:1], m[:1], tiled_config, devices=jax.devices(), spatial=True)
+tiled, tiled_scales = refine_lib.multiscale(model, x[:1], m[:1], tiled_config, devices=jax.devices(), spatial=True)
 # rows that do not divide over the devices: said, not silently unsplit
 import warnings
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    refine_lib.Placement(jax.devices(), spatial=True).batched(np.zeros((1, 30, 8, 3), np.float32))
+    Placement(jax.devices(), spatial=True).batched((np.zeros((1, 30, 8, 3), np.float32),))
 print(json.dumps(dict(
     uneven_warning=[str(w.message) for w in caught],
     spatial_max=float(np.abs(spatial - alone_refined).max()), spatial_mean=float(np.abs(spatial - alone_refined).mean()),

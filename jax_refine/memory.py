@@ -1,0 +1,73 @@
+"""The memory estimate of a job, from XLA's own buffer assignment, before running it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import jax
+from flax import nnx
+
+from .model import Lama
+from .plan import RefineConfig, plan_scales
+from .refine import programs
+
+@dataclasses.dataclass
+class MemoryEstimate:
+    """Expected peak memory of one inpaint/refine call, from XLA's own buffer assignment.
+
+    On CPU all of it is host memory and `peak_bytes` is the process's expected peak resident
+    set (`baseline_bytes`, what is resident now: interpreter, libraries, loaded weights, plus
+    the largest program's working set and the host-side images). On GPU/TPU `peak_bytes` is
+    device memory: the weights plus the largest program's working set.
+    """
+
+    backend: str
+    peak_bytes: int
+    baseline_bytes: int        # resident now (CPU) / the weights (accelerators)
+    program_bytes: int         # largest program: XLA temporaries + outputs + non-weight arguments
+    host_bytes: int            # image pyramid, padded copies and results on the host
+    scales: list[tuple[tuple[int, int], int]]  # (padded size, program bytes) per scale
+
+    def __str__(self):
+        gib = 2.0**30
+        return (f"{self.peak_bytes / gib:.2f} GiB peak on {self.backend} "
+                f"({'resident now' if self.backend == 'cpu' else 'weights'} {self.baseline_bytes / gib:.2f}, "
+                f"program {self.program_bytes / gib:.2f}, "
+                f"host images {self.host_bytes / gib:.2f})")
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: the peak so far is an upper bound
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def estimate_memory(model: Lama, height: int, width: int, *, batch: int = 1, refine: bool = True,
+                    config: RefineConfig = RefineConfig()) -> MemoryEstimate:
+    """Peak memory of `refine.multiscale` (or, with refine=False, `refine.predict`) on `batch`
+    images of height x width, without running it: each scale's program is compiled (XLA's
+    compilation cache makes the real call's compilation cheap afterwards) and its buffer
+    assignment read."""
+    weights = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model)))
+    scales = []
+    for program in programs(model, height, width, batch=batch, refine=refine, config=config):
+        stats = program.function.lower(*program.args, **program.kwargs).compile().memory_analysis()
+        if stats is None:
+            raise RuntimeError(f"the {jax.default_backend()} backend reports no memory statistics")
+        used = stats.temp_size_in_bytes + stats.output_size_in_bytes + stats.argument_size_in_bytes - weights
+        scales.append((program.padded_size, used))
+    sizes = [s.size for s in plan_scales(height, width, config)] if refine else [(height, width)]
+    pixels = sum((h * w + hp * wp) * batch for (h, w), ((hp, wp), _) in zip(sizes, scales))
+    # float32 RGB + mask per level and padded copy, plus the caller's input, result and output
+    host = 16 * pixels + 3 * 16 * height * width * batch
+    program_bytes = max(b for _, b in scales)
+    if jax.default_backend() == "cpu":
+        baseline = _resident_bytes()
+        return MemoryEstimate("cpu", baseline + program_bytes + host, baseline, program_bytes, host, scales)
+    return MemoryEstimate(jax.default_backend(), weights + program_bytes, weights, program_bytes, host, scales)

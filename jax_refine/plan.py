@@ -1,0 +1,266 @@
+"""Refinement settings and the host-side plan of a refinement: sizes, run keys, operands.
+
+Everything here is numpy on the host, computed before a compiled program runs: the size
+refinement works at (px_budget), the pyramid's scales, the padded size each runs at, the
+key under which images share one run, the image/mask pyramid itself, and per refined scale
+the arrays its program takes (`ScaleOperands`). Everything that depends on an image's valid
+size is data here, not shape, so one compiled program serves every image of a padded size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+from . import pyramid
+from .model import REMAT_POLICIES, TAIL_TILE_PIXELS, Lama
+
+SCALE_SCHEDULES = ("halving", "adaptive")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RefineConfig:
+    """Refinement settings; the defaults are LaMa's (configs/prediction/default.yaml).
+
+    Attributes:
+      n_iters: forward passes per refined scale (n_iters - 1 Adam steps; the last forward
+        gives the result).
+      lr: Adam learning rate (betas 0.9/0.999, eps 1e-8, fresh state per scale).
+      min_side, max_scales: number of scales = min(1 + round(log2(min(h, w) / min_side)),
+        max_scales), at least 1. With one scale, refinement is a plain forward pass.
+      scale_schedule: how the scales are spaced. "halving" (the original): each scale is half
+        the next, so the coarsest one's short side is within a factor sqrt(2) of min_side (or
+        larger when max_scales caps the count). "adaptive": the same number of scales, the
+        coarsest one's short side exactly min_side (the resolution the model works best at) and
+        the steps growing towards full resolution, each covering twice the log-scale of the
+        one before (512 -> 2048 in 3 scales: 512, 813, 2048 instead of 512, 1024, 2048). A step
+        by a factor f blurs with sigma f / 2 before the bilinear resize (LaMa's sigma 1 at f = 2).
+      px_budget: largest h * w refined; bigger images are first resized (bilinear) to fit.
+      modulo: each scale is reflect-padded at the bottom/right to a multiple of this.
+      erosion: side of the elliptical structuring element that shrinks the hole for the
+        multi-scale loss term. Where the eroded hole is empty (holes narrower than about
+        2 * erosion px), that term is 0 and only the known-pixel term is optimised; the
+        original reports a NaN loss there but takes the same steps.
+      full_size_output: when the image exceeds px_budget, upscale the refined result into
+        the hole of the full-resolution image, so the output has the input's size (known
+        pixels unchanged). False returns the reduced-size result, as the original does.
+      early_stop: None (the original: always n_iters), or a tolerance: a scale stops as soon
+        as every image's loss improved by less than this fraction over the last
+        early_stop_window iterations, i.e. (L[i - window] - L[i]) / L[i - window] < early_stop;
+        the result is then decoded from the features of iteration i (no further step).
+      early_stop_window: iterations the improvement is measured over (>= 1).
+      remat: memory policy of the refinement's backward pass (model.REMAT_POLICIES):
+        "decoder" recomputes the decoder's activations and runs its full-resolution tail in
+        row tiles (the default: on CPU it needs about 60 % of "none"'s memory at the same
+        speed, BENCHMARKS.md); "none" stores every activation; "blocks" recomputes each
+        residual block's, for accelerators, where XLA keeps every block's activations for the
+        backward pass (XLA-CPU's buffer assignment reuses them already, so there it only costs
+        time, docs/xla-cpu.md §6); "all" both. Results are the same up to float rounding.
+      tile_pixels: with remat "decoder" or "all", output pixels per row tile of the
+        full-resolution tail (smaller tiles: less memory, more overhead).
+      compute_dtype: "float32", or "bfloat16": the network's convolutions and activations in
+        bfloat16, while the FFTs, the losses, z and Adam stay float32. For GPU/TPU, whose
+        matrix units run bfloat16 several times faster than float32 (not measured here);
+        XLA-CPU computes bfloat16 convolutions in float32, so on CPU it is slower and not
+        smaller (docs/xla-cpu.md §8).
+    """
+
+    n_iters: int = 15
+    lr: float = 0.002
+    min_side: int = 512
+    max_scales: int = 3
+    px_budget: int = 1_800_000
+    modulo: int = 8
+    erosion: int = 15
+    full_size_output: bool = True
+    early_stop: float | None = None
+    early_stop_window: int = 3
+    scale_schedule: str = "halving"
+    remat: str = "decoder"
+    tile_pixels: int = TAIL_TILE_PIXELS
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        problems = []
+        for name in ("n_iters", "min_side", "max_scales", "px_budget", "modulo", "erosion", "early_stop_window",
+                     "tile_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be a positive int, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be a positive number, got {self.lr!r}")
+        if self.early_stop is not None and not (
+                isinstance(self.early_stop, (int, float)) and not isinstance(self.early_stop, bool)
+                and math.isfinite(self.early_stop) and self.early_stop >= 0):
+            problems.append(f"early_stop must be None or a number >= 0, got {self.early_stop!r}")
+        if self.remat not in REMAT_POLICIES:
+            problems.append(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {self.remat!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            problems.append(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
+        if self.scale_schedule not in SCALE_SCHEDULES:
+            problems.append(f"scale_schedule must be one of {', '.join(SCALE_SCHEDULES)}, got {self.scale_schedule!r}")
+        if isinstance(self.erosion, int) and self.erosion % 2 == 0:
+            problems.append(f"erosion must be odd, got {self.erosion}")
+        if isinstance(self.modulo, int) and self.modulo % 8:
+            problems.append(f"modulo must be a multiple of 8 (the generator's stride), got {self.modulo}")
+        if problems:
+            raise ValueError("invalid RefineConfig: " + "; ".join(problems))
+
+
+def model_defaults(model: Lama) -> RefineConfig:
+    """The RefineConfig a model recommends: LaMa's defaults with its `refine_defaults` over them."""
+    try:
+        return RefineConfig(**dict(model.config.refine_defaults))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the model's refine_defaults {dict(model.config.refine_defaults)} are invalid: {e}") from None
+
+
+# --------------------------------------------------------------------------------------
+# Scales
+# --------------------------------------------------------------------------------------
+
+
+def budget_size(h: int, w: int, px_budget: int) -> tuple[int, int]:
+    """Size refinement works at: (h, w) scaled down (floor) to at most px_budget pixels."""
+    if h * w <= px_budget:
+        return h, w
+    ratio = math.sqrt(px_budget / (h * w))
+    return int(h * ratio), int(w * ratio)
+
+
+def scale_sizes(h: int, w: int, config: RefineConfig) -> list[tuple[int, int]]:
+    """Pyramid sizes from coarsest to finest for an image already within px_budget."""
+    octaves = max(0.0, float(np.log2(min(h, w) / config.min_side)))
+    n = min(1 + int(round(octaves)), config.max_scales)
+    if config.scale_schedule == "halving":
+        sizes = [(h, w)]
+        for _ in range(n - 1):
+            sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
+        return sizes[::-1]
+    # adaptive: log-scale positions 0 .. octaves with steps 1, 2, 4, ... (normalised)
+    steps = 2.0 ** np.arange(n - 1)
+    position = np.concatenate([[0.0], np.cumsum(steps)]) / max(steps.sum(), 1.0)
+    factors = 2.0 ** (octaves * (position - 1.0))  # of the full size; 1 for the last
+    return [(max(1, round(h * f)), max(1, round(w * f))) for f in factors[:-1]] + [(h, w)]
+
+
+class ScalePlan(NamedTuple):
+    """One scale of a refinement: its size, the padded size the network runs at, whether it
+    is refined (all but the coarsest), and the blur sigma of the step down to the previous scale."""
+
+    size: tuple[int, int]
+    padded_size: tuple[int, int]
+    refined: bool
+    down_sigma: float
+
+
+def plan_scales(h: int, w: int, config: RefineConfig, model_modulo: int | None = None) -> list[ScalePlan]:
+    """The scales `refine.multiscale` runs for an (h, w) image (after the px_budget resize), coarsest first;
+    model_modulo, if given, is checked against config.modulo."""
+    if model_modulo is not None and (model_modulo > config.modulo or config.modulo % model_modulo):
+        raise ValueError(f"RefineConfig.modulo={config.modulo} must be a multiple of the model's {model_modulo}")
+    sizes = scale_sizes(*budget_size(h, w, config.px_budget), config)
+    plan = []
+    for index, (sh, sw) in enumerate(sizes):
+        # halving: LaMa's sigma 1; adaptive: half the step's factor
+        sigma = 1.0 if config.scale_schedule == "halving" or index == 0 else min(sh, sw) / min(sizes[index - 1]) / 2
+        plan.append(ScalePlan((sh, sw), (padded(sh, config.modulo), padded(sw, config.modulo)), index > 0, sigma))
+    return plan
+
+
+def reference_frame(padded_size: tuple[int, int], previous_size: tuple[int, int], modulo: int) -> tuple[int, int]:
+    """Array size holding the previous scale's result inside a refined scale's program:
+    half the padded size when the previous scale fits in it (always for halving, so images of
+    one padded size share a program), else the previous scale's own padded size."""
+    return tuple(full // 2 if prev <= full // 2 else padded(prev, modulo) for full, prev in zip(padded_size, previous_size))
+
+
+def run_key(h: int, w: int, config: RefineConfig) -> tuple:
+    """Images of equal keys can be refined in one `refine.multiscale` run: per scale, the padded size
+    the network runs at and the reference frame. Images of one size always share a key;
+    images of different sizes do when every pyramid level pads to the same size."""
+    return plan_key(plan_scales(h, w, config), config.modulo)
+
+
+def plan_key(plan: list[ScalePlan], modulo: int) -> tuple:
+    """`run_key` of an image whose scales are `plan`."""
+    frames = [reference_frame(scale.padded_size, previous.size, modulo) for previous, scale in zip(plan, plan[1:])]
+    return tuple(scale.padded_size for scale in plan) + tuple(frames)
+
+
+def padded(n: int, modulo: int) -> int:
+    """n rounded up to a multiple of modulo, and at least 2 * modulo (the model's minimum)."""
+    return max(-(-n // modulo) * modulo, 2 * modulo)
+
+
+def pad_bottom_right(x: np.ndarray, hp: int, wp: int, mode: str) -> np.ndarray:
+    """Pad (B, H, W, C) at the bottom/right to (hp, wp)."""
+    return np.pad(x, ((0, 0), (0, hp - x.shape[1]), (0, wp - x.shape[2]), (0, 0)), mode=mode)
+
+
+# --------------------------------------------------------------------------------------
+# Pyramid and operands
+# --------------------------------------------------------------------------------------
+
+
+def image_pyramid(image: np.ndarray, mask: np.ndarray, plan: list[ScalePlan]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image (h, w, 3), mask (h, w, 1)) at every scale of `plan`, coarsest first: the input
+    resized to the finest scale's (px_budget) size if needed, then each level blurred and
+    resized from the next finer one; masks round up (any hole stays a hole)."""
+    image, mask = jnp.asarray(image[None]), jnp.asarray(mask[None])
+    h, w = plan[-1].size
+    if (h, w) != image.shape[1:3]:
+        image, mask = pyramid.resize(image, h, w), pyramid.round_up(pyramid.resize(mask, h, w))
+    levels = [(image, mask)]
+    for finer, coarser in zip(plan[::-1], plan[::-1][1:]):
+        rows, cols = (pyramid.pyr_down_matrix(n, n_out, finer.down_sigma).astype(np.float32)
+                      for n, n_out in zip(finer.size, coarser.size))
+        prev_image, prev_mask = levels[-1]
+        levels.append((pyramid.apply_separable(prev_image, rows, cols),
+                       pyramid.round_up(pyramid.apply_separable(prev_mask, rows, cols))))
+    return [(np.asarray(x)[0], np.asarray(m)[0]) for x, m in levels[::-1]]
+
+
+class ScaleOperands(NamedTuple):
+    """The arrays one refined scale's program takes (a pytree), for a batch of B images.
+
+    image (B, Hp, Wp, 3) reflect-padded, mask (B, Hp, Wp, 1) binary; ref (B, Hr, Wr, 3) the
+    previous scale's result, zero-padded to `reference_frame`; down_rows (B, Hr, Hp) /
+    down_cols (B, Wr, Wp) blur + bilinear resize of the valid region to the previous scale's
+    size; half_rows / half_cols the same without blur (for the mask).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    ref: np.ndarray
+    down_rows: np.ndarray
+    down_cols: np.ndarray
+    half_rows: np.ndarray
+    half_cols: np.ndarray
+
+
+def scale_operands(images: np.ndarray, masks: np.ndarray, refs: list[np.ndarray], scales: list[ScalePlan],
+                   modulo: int) -> ScaleOperands:
+    """The `ScaleOperands` of one refined scale for a batch: images (B, Hp, Wp, 3) and masks
+    (B, Hp, Wp, 1) padded; per image its previous result refs[i] (h_i', w_i', 3) and its
+    ScalePlan at this scale (equal padded sizes and reference frames: one `run_key`)."""
+    frames = {reference_frame(scale.padded_size, ref.shape[:2], modulo) for ref, scale in zip(refs, scales)}
+    if len(frames) != 1:
+        raise ValueError(f"the images' reference frames differ ({sorted(frames)}): not one run_key")
+    frame = frames.pop()
+
+    def operator(matrix_fn, scale, ref):
+        return [pyramid.embed(matrix_fn(n, n_out, scale), rows, cols)
+                for n, n_out, rows, cols in zip(scale.size, ref.shape[:2], frame, scale.padded_size)]
+
+    down = [operator(lambda n, n_out, s: pyramid.pyr_down_matrix(n, n_out, s.down_sigma), scale, ref)
+            for ref, scale in zip(refs, scales)]
+    half = [operator(lambda n, n_out, s: pyramid.resize_matrix(n, n_out), scale, ref) for ref, scale in zip(refs, scales)]
+    ref = np.stack([pad_bottom_right(r[None], *frame, "constant")[0] for r in refs])
+    (down_rows, down_cols), (half_rows, half_cols) = (map(np.stack, zip(*m)) for m in (down, half))
+    return ScaleOperands(images, masks, ref, down_rows, down_cols, half_rows, half_cols)
