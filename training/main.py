@@ -186,8 +186,11 @@ def train(args) -> int:
         meta["val"] = scores
 
     def checkpoint():
+        """The full training state (for --resume) and the exported generator (for --init on
+        another machine, see training/README.md)."""
         t = time.perf_counter()
         dst = checkpoints.save(args.out, state, dict(meta, seed=cfg.seed, images_seen=meta["step"] * cfg.batch))
+        export(args.export or args.out / "export", g_graphdef, state, cfg, meta, manifest)
         log("checkpoint", step=meta["step"], path=dst.name, seconds=round(time.perf_counter() - t, 1))
         return time.perf_counter() - t
 
