@@ -31,7 +31,8 @@ def test_every_container_converts_to_the_same_model(container, tmp_path, tiny_ch
     meta = json.loads((dst / "jax_refine.json").read_text())
     assert meta["format"] == FORMAT
     assert meta["config"] == {"ngf": 8, "n_downsampling": 3, "n_blocks": 2, "ratio": 0.75,
-                              "input_nc": 4, "output_nc": 3, "max_features": 1024}
+                              "input_nc": 4, "output_nc": 3, "max_features": 1024, "hole_fill": "zeros",
+                              "output": "sigmoid"}
     assert meta["source"]["file"] == container and len(meta["source"]["sha256"]) == 64
     model, reference = load(dst), load(tiny_checkpoint)
     assert count_parameters(model) == 135_571
@@ -153,13 +154,57 @@ def test_damaged_files_give_a_clear_error_and_no_output(tmp_path, damage):
 
 def test_existing_destination_is_not_overwritten(tmp_path):
     dst = tmp_path / "out"
-    dst.mkdir()
-    (dst / "keep").write_text("x")
-    with pytest.raises(FileExistsError):
-        convert(GOLDEN / "tinylama.ckpt", dst)
-    assert (dst / "keep").read_text() == "x"
-    convert(GOLDEN / "tinylama.ckpt", dst, overwrite=True)
-    assert not (dst / "keep").exists() and (dst / "jax_refine.json").exists()
+    convert(GOLDEN / "tinylama.ckpt", dst)
+    before = (dst / "jax_refine.json").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="already exists"):
+        convert(GOLDEN / "tinylama_generator_state_dict.pth", dst)
+    assert (dst / "jax_refine.json").stat().st_mtime_ns == before
+    convert(GOLDEN / "tinylama_generator_state_dict.pth", dst, overwrite=True)  # a previous checkpoint: replaced
+    assert json.loads((dst / "jax_refine.json").read_text())["source"]["file"] == "tinylama_generator_state_dict.pth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _lama_folder(tmp_path):
+    folder = tmp_path / "big-lama"
+    (folder / "models").mkdir(parents=True)
+    (folder / "config.yaml").write_text("generator: {}\n")
+    (folder / "models" / "best.ckpt").write_bytes((GOLDEN / "tinylama.ckpt").read_bytes())
+    (folder / "models" / "notes.txt").write_text("mine")
+    return folder
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["models", "folder", "same-file"])
+def test_overwrite_never_replaces_a_folder_holding_the_source(tmp_path, where):
+    """Issue 15.1: `convert big-lama/models/best.ckpt big-lama/models --overwrite` deleted the folder."""
+    folder = _lama_folder(tmp_path)
+    before = _tree(folder)
+    src = folder / "models" / "best.ckpt"
+    dst = {"models": folder / "models", "folder": folder, "same-file": src}[where]
+    with pytest.raises(FileExistsError, match="holds the source"):
+        convert(src, dst, overwrite=True)
+    assert _tree(folder) == before
+    assert not [p for p in tmp_path.rglob("*.partial")]
+
+
+def test_overwrite_replaces_only_a_jax_refine_checkpoint(tmp_path):
+    user_dir = tmp_path / "photos"
+    user_dir.mkdir()
+    (user_dir / "a.png").write_bytes(b"png")
+    user_file = tmp_path / "notes.txt"
+    user_file.write_text("keep")
+    checkpoint_plus = tmp_path / "ckpt"
+    convert(GOLDEN / "tinylama.ckpt", checkpoint_plus)
+    (checkpoint_plus / "mine.txt").write_text("keep")
+    for dst, reason in [(user_dir, r"holds other files \(a.png\)"), (user_file, "not a directory"),
+                        (checkpoint_plus, r"holds other files \(mine.txt\)")]:
+        with pytest.raises(FileExistsError, match=reason):
+            convert(GOLDEN / "tinylama.ckpt", dst, overwrite=True)
+    assert (user_dir / "a.png").read_bytes() == b"png" and user_file.read_text() == "keep"
+    assert (checkpoint_plus / "mine.txt").read_text() == "keep"
 
 
 def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
