@@ -538,7 +538,9 @@ def _is_staging_name(name: str, dst: Path) -> bool:
 @contextlib.contextmanager
 def _staging(dst: Path) -> Iterator[Path]:
     """A fresh, locked directory beside `dst` (mode 0777 & ~umask), removed unless it was
-    renamed away; first removes stale staging directories of `dst` (killed conversions)."""
+    renamed away (with the parents it needed); first removes stale staging directories of
+    `dst` (killed conversions)."""
+    created = [p for p in (dst.parent, *dst.parent.parents) if not p.exists()]
     dst.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(dst)
     for _ in range(3):
@@ -554,6 +556,9 @@ def _staging(dst: Path) -> Iterator[Path]:
         yield path
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
+        for parent in created:  # innermost first; only if still empty
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         raise
     finally:
         if lock >= 0:
