@@ -627,9 +627,10 @@ def open_zip(path: str) -> zipfile.ZipFile:
                               "are read)")
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error, NotImplementedError) as exc:
-        raise CheckpointError(f"{path}: truncated or corrupt zip file ({type(exc).__name__}: "
-                              f"{str(exc)[:200]})") from None
+    except OSError:  # a seek before the file's start: its directory points outside the file
+        raise CheckpointError(f"{path}: truncated or corrupt zip file (its directory points outside the file)") from None
+    except (zipfile.BadZipFile, ValueError, EOFError, struct.error, NotImplementedError) as exc:
+        raise CheckpointError(f"{path}: truncated or corrupt zip file ({str(exc)[:200]})") from None
 
 
 def read_torch_file(path: str | os.PathLike, budget: MemoryBudget | None = None) -> Any:
