@@ -267,8 +267,11 @@ def to_flax_state(state_dict: Mapping[str, np.ndarray], config: LamaConfig, sour
         if source_array.dtype.kind != "f":
             not_float.append(f"{key}: {source_array.dtype}")
             continue
-        array = transform(source_array) if transform else source_array
         want = expected[path][1:] if block is not None else expected[path]
+        if source_array.ndim != len(want):
+            misshaped.append(f"{key}: {tuple(source_array.shape)} (expected {_torch_shape(want, transform)})")
+            continue
+        array = transform(source_array) if transform else source_array
         if array.shape != want:
             misshaped.append(f"{key}: {tuple(source_array.shape)} (expected {_torch_shape(want, transform)})")
             continue
