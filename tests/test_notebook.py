@@ -1,4 +1,5 @@
-"""notebooks/quickstart.ipynb runs top to bottom offline (nbclient), unchanged.
+"""notebooks/quickstart.ipynb runs top to bottom offline (nbclient), unchanged; its install
+cell works in a fresh environment.
 
 jax_refine is importable in the kernel (this checkout on PYTHONPATH), so the install cell
 installs nothing; `load("big-lama")` downloads from a loopback server serving LaMa's zip
@@ -51,3 +52,64 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     pictures = {tag: [o for o in outs if "image/png" in o.get("data", {})] for tag, outs in outputs.items()}
     assert len(pictures["results"]) == 1 and len(pictures["bundled"]) == 1  # input|mask|plain|refined; bundled
     assert "input | mask | plain LaMa | refined" in text
+
+
+def _wheel(directory, name, version, module, requires=()):
+    """A minimal pure-Python wheel of distribution `name` providing `module`."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{name.replace('-', '_')}-{version}"
+    files = {f"{module}/__init__.py": f"__version__ = {version!r}\n",
+             f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                                           + "".join(f"Requires-Dist: {r}\n" for r in requires),
+             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = [f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},"
+              f"{len(t.encode())}" for n, t in files.items()] + [f"{dist}.dist-info/RECORD,,"]
+    path = directory / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        for n, t in files.items():
+            z.writestr(n, t)
+        z.writestr(f"{dist}.dist-info/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preloaded", [False, True])
+def test_install_cell_in_a_fresh_environment(tmp_path, preloaded):
+    """The install cell as a fresh Colab runs it: jax_refine absent, PACKAGE_SOURCE edited to
+    a wheel; it installs it, and asks for a restart exactly when pip changed a package the
+    Python had already imported (here pillow 1.0 -> 2.0, offline from local wheels)."""
+    import subprocess
+    import sys
+    import venv
+
+    nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
+    [cell] = [c for c in nb.cells if "install" in c.metadata.get("tags", [])]
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    package = _wheel(wheels, "jax-refine", "9.9.9", "jax_refine", requires=["pillow>=2"])
+    _wheel(wheels, "pillow", "2.0", "PIL")
+    assert cell.source.count("PACKAGE_SOURCE = None") == 1  # the one line a user edits
+    source = cell.source.replace("PACKAGE_SOURCE = None", f"PACKAGE_SOURCE = {str(package)!r}")
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    env = {"PATH": os.environ["PATH"], "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels),
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "HOME": str(tmp_path)}
+    old_pillow = _wheel(tmp_path, "pillow", "1.0", "PIL")
+    subprocess.run([python, "-m", "pip", "install", "-q", old_pillow], check=True, env=env, timeout=300)
+    script = ("import PIL\n" if preloaded else "") + source
+    done = subprocess.run([python, "-c", script], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    if preloaded:
+        assert "Restart the runtime now" in done.stdout and "pillow 1.0 -> 2.0" in done.stdout
+    else:
+        assert "Installed; no restart needed" in done.stdout
+    check = subprocess.run([python, "-c", "import jax_refine; print(jax_refine.__version__)"], capture_output=True,
+                           text=True, env=env, timeout=60, cwd=tmp_path)
+    assert check.stdout.strip() == "9.9.9"
+    unset = subprocess.run([python, "-c", cell.source], capture_output=True, text=True, env=env, timeout=60,
+                           cwd=tmp_path)
+    assert unset.returncode == 0 and "already installed" in unset.stdout  # a second run installs nothing
