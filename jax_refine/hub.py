@@ -187,7 +187,7 @@ def _manual_route(entry: KnownModel, target: Path, failures: list[str]) -> str:
     facts = f"{entry.filename}, sha256 {entry.sha256}" + (f", {entry.size:,} bytes" if entry.size else "")
     variable = "JAX_REFINE_" + entry.name.upper().replace("-", "_") + "_URL"
     return (f"could not download {entry.name} ({facts}):\n  " + "\n  ".join(failures) + "\n"
-            f"Nothing was kept in the cache. Download {entry.filename} from that address yourself (or set {variable} "
+            f"No partial download was kept. Download {entry.filename} from that address yourself (or set {variable} "
             f"to a mirror), then either put it at {target} (it is verified on the next load), or convert it:\n"
             f"  jax-refine convert {entry.filename} {target.parent.parent / 'models' / entry.name}")
 
