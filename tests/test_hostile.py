@@ -158,9 +158,9 @@ def test_bombs_stay_within_twice_the_file_plus_600_mb_and_30_s(bombs, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [r["src"] for r in runs] == files
-    errors = result.stderr.splitlines()
-    assert [e.split(": ", 1)[0] for e in errors] == [f"error: {f}" for f, (_, w) in zip(files, BOMBS.values()) if w]
-    assert all(words in line for line, words in zip(errors, [w for _, w in BOMBS.values() if w]))
+    errors, expected = result.stderr.splitlines(), [(f, w) for f, (_, w) in zip(files, BOMBS.values()) if w]
+    assert len(errors) == len(expected), result.stderr
+    assert all(line.startswith(f"error: {f}: ") and words in line for line, (f, words) in zip(errors, expected))
     for name, run in zip(BOMBS, runs):
         size = os.path.getsize(run["src"])
         assert run["code"] == (0 if BOMBS[name][1] is None else 2), run
