@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import __version__
-from ._sources import SUPPORTED, open_source
+from ._sources import open_source
 from ._torch_pickle import CheckpointError, MemoryBudget, release_pages
 from .model import Lama, LamaConfig, abstract_model, eval_mode
 
@@ -624,7 +624,6 @@ def read_metadata(path: str | os.PathLike) -> dict:
 def load(path: str | os.PathLike) -> Lama:
     """Load a jax-refine checkpoint directory as a ready (inference-mode) Lama model."""
     import orbax.checkpoint as ocp
-    from flax import nnx
 
     path = Path(path).absolute()
     meta = read_metadata(path)

@@ -82,7 +82,6 @@ def test_install_cell_in_a_fresh_environment(tmp_path, preloaded):
     a wheel; it installs it, and asks for a restart exactly when pip changed a package the
     Python had already imported (here pillow 1.0 -> 2.0, offline from local wheels)."""
     import subprocess
-    import sys
     import venv
 
     nb = nbformat.read(ROOT / "notebooks" / "quickstart.ipynb", as_version=4)
