@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import lama_files
-from test_hub import FileServer
+from file_server import FileServer
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
