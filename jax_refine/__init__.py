@@ -2,7 +2,8 @@
 
     import jax_refine
     result = jax_refine.inpaint(image, mask)             # bundled default model
-    model = jax_refine.load("big-lama")                  # after `jax-refine convert best.ckpt big-lama`
+    result = jax_refine.inpaint(image, mask, "big-lama")  # Big-LaMa: downloaded and converted on first use
+    model = jax_refine.load("big-lama")                  # or a converted checkpoint path, or None (bundled)
     result = jax_refine.inpaint(image, mask, model, config=jax_refine.RefineConfig(n_iters=10))
 """
 
@@ -19,8 +20,8 @@ from .api import enable_compilation_cache as enable_compilation_cache
 from .api import estimate as estimate
 from .api import inpaint as inpaint
 from .api import inpaint_batch as inpaint_batch
+from .api import load as load
 from .convert import convert as convert
-from .convert import load as load
 from .convert import save as save
 from ._torch_pickle import CheckpointError as CheckpointError
 from ._torch_pickle import UnsafePickleError as UnsafePickleError

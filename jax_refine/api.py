@@ -17,7 +17,8 @@ import numpy as np
 
 from . import plan, pyramid
 from . import refine as refine_lib
-from .convert import load
+from . import convert as convert_lib
+from . import hub
 from .crop import hole_regions
 from .model import Lama
 from .memory import MemoryEstimate, estimate_memory
@@ -141,30 +142,46 @@ def _hole(mask, shape) -> np.ndarray:
 
 def default_model() -> Lama:
     """The model bundled with the package (see weights/README.md)."""
-    if not (BUNDLED_WEIGHTS / "jax_refine.json").is_file():
-        raise FileNotFoundError(
-            f"no bundled default model in this installation ({BUNDLED_WEIGHTS}); pass model= a converted "
-            "checkpoint (`jax-refine convert best.ckpt big-lama`)")
-    return _load_cached(str(BUNDLED_WEIGHTS), os.path.getmtime(BUNDLED_WEIGHTS / "jax_refine.json"))
+    return resolve_model(None)
+
+
+def load(model: str | os.PathLike | None = None) -> Lama:
+    """A new inference-mode Lama from `model`: None for the bundled default, a known name
+    ("big-lama": downloaded, verified, converted and cached on first use, see
+    `jax_refine.hub`), or the path of a converted checkpoint directory (a path that exists
+    wins over a name)."""
+    return convert_lib.load(checkpoint_path(model))
+
+
+def checkpoint_path(model: str | os.PathLike | None) -> Path:
+    """The checkpoint directory `model` (None, a known name or a path, as in `load`) stands for."""
+    if model is None:
+        if not (BUNDLED_WEIGHTS / "jax_refine.json").is_file():
+            raise FileNotFoundError(
+                f"no bundled default model in this installation ({BUNDLED_WEIGHTS}); pass model='big-lama' or a "
+                "converted checkpoint (`jax-refine convert best.ckpt big-lama-jax`)")
+        return BUNDLED_WEIGHTS
+    path = Path(model)
+    if not path.exists() and isinstance(model, str) and hub.is_known(model):
+        return hub.checkpoint(model)
+    return path.absolute()
 
 
 @functools.lru_cache(maxsize=4)
 def _load_cached(path: str, mtime: float) -> Lama:
     del mtime  # part of the cache key only: a rewritten checkpoint is loaded again
-    return load(path)
+    return convert_lib.load(path)
 
 
 def resolve_model(model: Lama | str | os.PathLike | None) -> Lama:
-    """A Lama, a path to a converted checkpoint directory, or None for the bundled default."""
-    if model is None:
-        return default_model()
+    """A Lama; or None, a known name or a checkpoint path as in `load` (loaded once, cached)."""
     if isinstance(model, Lama):
         return model
-    if isinstance(model, (str, os.PathLike)):
-        path = Path(model).absolute()
+    if model is None or isinstance(model, (str, os.PathLike)):
+        path = checkpoint_path(model)
         meta = path / "jax_refine.json"
         return _load_cached(str(path), os.path.getmtime(meta) if meta.is_file() else 0.0)
-    raise TypeError(f"model must be a Lama, a checkpoint path or None, got {type(model).__name__}")
+    raise TypeError(f"model must be a Lama, a known model name, a checkpoint path or None, got {type(model).__name__}")
 
 
 def enable_compilation_cache(path: str | os.PathLike) -> Path:
@@ -238,8 +255,9 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
       image: PIL.Image (RGB, RGBA, L, P, 16-bit; EXIF orientation applied), or a numpy array
         H x W x 3 uint8 / uint16 / float in [0, 1] (H x W x 4 keeps alpha; H x W gray).
       mask: PIL.Image or array H x W (H x W x 1 / x 3 accepted); nonzero = hole.
-      model: a loaded `Lama`, a path to a converted checkpoint directory, or None for the
-        bundled default model.
+      model: a loaded `Lama`, a known model name ("big-lama", downloaded and converted on
+        first use), a path to a converted checkpoint directory, or None for the bundled
+        default model.
       refine: multi-scale feature refinement (Kulshreshtha et al. 2022); False runs LaMa's
         plain single-pass prediction.
       config: refinement settings (ignored when refine=False); None: the model's own

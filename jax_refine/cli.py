@@ -1,7 +1,7 @@
 """The `jax-refine` command: convert LaMa checkpoints and inpaint image files.
 
-    jax-refine convert best.ckpt big-lama
-    jax-refine inpaint photo.jpg photo_mask.png -o photo_filled.png --model big-lama
+    jax-refine inpaint photo.jpg photo_mask.png -o photo_filled.png --model big-lama   # downloaded once
+    jax-refine convert big-lama.zip big-lama-jax     # or best.ckpt, big-lama.pt, a .safetensors, LaMa's folder
     jax-refine inpaint lama_dir/ -o out/ --model big-lama          # LaMa's x.png + x_mask*.png layout
     jax-refine inpaint images/ masks/ -o out/ --model big-lama     # matched by file stem
     jax-refine inpaint images/ mask.png -o out/ --model big-lama   # one mask for every image
@@ -109,13 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser(
         "convert", help="convert a LaMa PyTorch checkpoint into a jax-refine checkpoint directory",
-        description="Convert a LaMa checkpoint (Lightning best.ckpt, generator state_dict .pth, or with "
-                    "torch installed a TorchScript big-lama.pt) into a jax-refine checkpoint directory. "
-                    "The file is read without executing code from it; nothing is written unless the "
-                    "conversion succeeds.")
-    convert.add_argument("src", metavar="SRC", help="LaMa checkpoint file")
-    convert.add_argument("dst", metavar="DST", help="jax-refine checkpoint directory to create")
-    convert.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+        description="Convert a LaMa checkpoint (Lightning best.ckpt, generator state_dict .pth, TorchScript "
+                    "big-lama.pt, LaMa's big-lama.zip or its unzipped folder, .safetensors; recognised by content) "
+                    "into a jax-refine checkpoint directory. Torch is not needed and no code from the file is run; "
+                    "nothing is written unless the conversion succeeds.")
+    convert.add_argument("src", metavar="SRC", help="LaMa checkpoint file, big-lama.zip, or LaMa's big-lama folder")
+    convert.add_argument("dst", metavar="DST", help="jax-refine checkpoint directory to create (not one holding SRC)")
+    convert.add_argument("--overwrite", action="store_true", help="replace DST if it is a previous jax-refine checkpoint")
 
     inpaint = commands.add_parser(
         "inpaint", help="inpaint an image, or folders of images", usage=_INPAINT_USAGE,
@@ -124,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     inpaint.add_argument("input", metavar="IMAGE|DIR|IMAGEDIR", help="image file, LaMa-layout folder, or image folder")
     inpaint.add_argument("mask", metavar="MASK|MASKDIR", nargs="?", help="mask file or mask folder")
     inpaint.add_argument("-o", "--output", metavar="OUT", required=True, help="output file (one image) or folder")
-    inpaint.add_argument("--model", metavar="PATH",
-                         help="converted checkpoint directory (`jax-refine convert`); default: the bundled model")
+    inpaint.add_argument("--model", metavar="NAME|PATH",
+                         help="big-lama (downloaded, verified and converted on first use, then cached), or a "
+                              "converted checkpoint directory (`jax-refine convert`); default: the bundled model")
     inpaint.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
     inpaint.add_argument("--image-suffix", metavar="SUFFIX", action="append", dest="image_suffixes",
                          help="DIR mode: suffix appended to the mask path cut at '_mask' to find its image, "
@@ -655,8 +656,7 @@ def _load_model(path):
         return resolve_model(path)
     except FileNotFoundError as e:
         if path is None:
-            raise UsageError("no bundled default model in this installation: convert LaMa weights with "
-                             "`jax-refine convert best.ckpt big-lama` and pass --model big-lama") from None
+            raise UsageError("no bundled default model in this installation: pass --model big-lama") from None
         raise UsageError(str(e)) from None
     except (CheckpointError, OSError) as e:
         raise UsageError(str(e)) from None

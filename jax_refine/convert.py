@@ -1,28 +1,35 @@
 """LaMa PyTorch checkpoints -> jax-refine checkpoints (orbax), and loading them back.
 
-Reads, without torch: LaMa's Lightning `best.ckpt` and bare generator state_dicts (`.pth`),
-through the restricted unpickler of `_torch_pickle` (loading never executes code from the
-file). With torch installed it also reads TorchScript archives such as IOPaint's
-`big-lama.pt`. The generator configuration is inferred from the tensor shapes and
-cross-checked with the checkpoint's `hyper_parameters`; every key and shape is checked
-(no silent partial loads).
+Reads, without torch and without executing code from the file (see `_sources` for how each
+is recognised by its content): LaMa's Lightning `best.ckpt`, bare generator state_dicts
+(`.pth`), TorchScript archives such as IOPaint's `big-lama.pt`, LaMa's `big-lama.zip` and
+its unzipped folder, and `.safetensors` files. The generator is found by its key pattern
+under any prefix (`generator.`, `model.generator.`, ...); its configuration is inferred
+from the tensor shapes and cross-checked with the checkpoint's `hyper_parameters`; every
+key, shape, dtype and value is checked (no silent partial loads, no NaN weights).
 
 A jax-refine checkpoint is a directory:
   params/          orbax StandardCheckpointer tree of the Lama state (params + BN statistics)
-  jax_refine.json  {"format", "format_version", "config", "source": {file, sha256}, "converter_version"}
+  jax_refine.json  {"format", "format_version", "config", "source": {file, sha256, format}, "converter_version"}
+
+Outputs appear atomically: a checkpoint is assembled in a locked `.<name>.<hex>.partial`
+directory beside it and renamed into place; such directories left by a killed process are
+removed by the next conversion to the same place. `overwrite` replaces only a previous
+jax-refine checkpoint, and never a directory holding the source.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
-import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from numbers import Real
 from pathlib import Path
 
 import jax
@@ -30,8 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import __version__
-from ._torch_pickle import CheckpointError, read_torch_file, release_pages, to_plain
+from ._sources import open_source
+from ._torch_pickle import CheckpointError, MemoryBudget, release_pages
 from .model import Lama, LamaConfig, abstract_model, eval_mode
+
+try:
+    import fcntl
+except ImportError:  # Windows: no locks, stale staging directories are not cleaned
+    fcntl = None
 
 FORMAT = "jax-refine-lama"
 FORMAT_VERSION = 1
@@ -117,122 +130,188 @@ def key_map(config: LamaConfig) -> dict[str, tuple[tuple, callable | None, int |
 # State dict -> config -> Flax state
 # --------------------------------------------------------------------------------------
 
-# LaMa generator options that this port does not implement: (config section, key, allowed values)
+# LaMa generator options that this port does not implement: key -> allowed values
 _UNSUPPORTED = {
     "enable_lfu": (False, None), "gated": (False, None), "use_se": (False, None),
     "spatial_scale_factor": (None,), "spectral_pos_encoding": (False, None), "ffc3d": (False, None),
     "spatial_transform_layers": (None,), "out_ffc": (False, None), "fu_kernel": (1, None),
     "padding_type": ("reflect", None), "groups": (1, None),
 }
+_SECTIONS = ("init_conv_kwargs", "downsample_conv_kwargs", "resnet_conv_kwargs")
+MAX_DOWNSAMPLING, MAX_BLOCKS = 8, 64  # LaMa's generators use 3 and 9 or 18
+_BLOCK_KEY = re.compile(r"model\.(\d{1,4})\.conv1\.")
 
 
 def infer_config(state_dict: Mapping[str, np.ndarray], hyper_parameters: Mapping | None, source: str) -> LamaConfig:
     """The LamaConfig implied by a generator state_dict's shapes, cross-checked with the
     checkpoint's `hyper_parameters['generator']` when present. Raises CheckpointError."""
-    def shape(key):
+    def conv(key):  # (out, in, kh, kw) of a convolution weight, every dimension >= 1
         if key not in state_dict:
             raise CheckpointError(f"{source}: not a LaMa FFC generator state_dict (no key '{key}')")
-        return state_dict[key].shape
+        shape = tuple(state_dict[key].shape)
+        if len(shape) != 4 or 0 in shape:
+            raise CheckpointError(f"{source}: {key} has shape {shape}; a convolution weight has 4 dimensions, "
+                                  "none of them 0")
+        return shape
 
-    stem = shape("model.1.ffc.convl2l.weight")
-    blocks = sorted({int(m.group(1)) for k in state_dict if (m := re.match(r"model\.(\d+)\.conv1\.", k))})
+    stem = conv("model.1.ffc.convl2l.weight")
+    blocks = sorted({int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k))})
     if not blocks:
         raise CheckpointError(f"{source}: not a LaMa FFC generator state_dict (no residual blocks 'model.N.conv1.*')")
     first = blocks[0]
-    local_out = shape(f"model.{first}.conv1.ffc.convl2l.weight")[0]
-    global_out = shape(f"model.{first}.conv1.ffc.convl2g.weight")[0]
     n_downsampling = first - 2
+    if not 1 <= n_downsampling <= MAX_DOWNSAMPLING or len(blocks) > MAX_BLOCKS:
+        raise CheckpointError(f"{source}: residual blocks model.{first}..model.{blocks[-1]} imply n_downsampling="
+                              f"{n_downsampling}, n_blocks={len(blocks)} (supported: 1..{MAX_DOWNSAMPLING} and "
+                              f"up to {MAX_BLOCKS})")
+    local_out = conv(f"model.{first}.conv1.ffc.convl2l.weight")[0]
+    global_out = conv(f"model.{first}.conv1.ffc.convl2g.weight")[0]
     head = first + len(blocks) + 1 + 3 * n_downsampling + 1  # see key_map
     inferred = dict(
         ngf=int(stem[0]), input_nc=int(stem[1]), n_downsampling=n_downsampling, n_blocks=len(blocks),
-        ratio=global_out / (local_out + global_out), output_nc=int(shape(f"model.{head}.weight")[0]),
+        ratio=global_out / (local_out + global_out), output_nc=int(conv(f"model.{head}.weight")[0]),
     )
     if any(".lfu." in k or ".se." in k or "gate" in k for k in state_dict):
         raise CheckpointError(f"{source}: the generator uses LFU, SE or gated FFC layers, which jax-refine does not support")
     if hyper_parameters is not None:
-        _check_hyper_parameters(inferred, hyper_parameters, source)
+        problems = _hyper_parameter_problems(inferred, hyper_parameters)
+        if problems:
+            raise CheckpointError(f"{source}: generator configuration not supported: " + "; ".join(problems))
     try:
         return LamaConfig(**inferred)
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}") from None
 
 
-def _check_hyper_parameters(inferred, hyper_parameters, source):
-    gen = hyper_parameters.get("generator") if isinstance(hyper_parameters, Mapping) else None
+def _hyper_parameter_problems(inferred: dict, hyper_parameters) -> list[str]:
+    """What in `hyper_parameters` (plain containers) contradicts the tensors or asks for an
+    option this port lacks; type errors are problems too, named by their place."""
+    if not isinstance(hyper_parameters, Mapping):
+        return [f"hyper_parameters is a {type(hyper_parameters).__name__}, expected a mapping"]
+    gen = hyper_parameters.get("generator")
+    if gen is None:
+        return []
     if not isinstance(gen, Mapping):
-        return
+        return [f"hyper_parameters.generator is a {type(gen).__name__}, expected a mapping"]
     problems = []
-    if gen.get("kind", "ffc_resnet") != "ffc_resnet":
-        problems.append(f"generator kind {gen.get('kind')!r} (only 'ffc_resnet' is supported)")
-    if gen.get("add_out_act", "sigmoid") != "sigmoid":
-        problems.append(f"add_out_act {gen.get('add_out_act')!r} (only 'sigmoid' is supported)")
+    for key, default in (("kind", "ffc_resnet"), ("add_out_act", "sigmoid")):
+        if not _is(gen.get(key, default), (default,)):
+            problems.append(f"{key} {_show(gen[key])} (only {default!r} is supported)")
     for key in ("ngf", "n_downsampling", "n_blocks", "input_nc", "output_nc"):
-        if key in gen and gen[key] != inferred[key]:
+        if key not in gen:
+            continue
+        if type(gen[key]) is not int:
+            problems.append(f"hyper_parameters.generator.{key} is {_show(gen[key])}, expected an int")
+        elif gen[key] != inferred[key]:
             problems.append(f"{key}={gen[key]} in hyper_parameters but the tensors imply {inferred[key]}")
-    sections = [gen] + [gen.get(s) or {} for s in ("init_conv_kwargs", "downsample_conv_kwargs", "resnet_conv_kwargs")]
-    for section in sections:
+    sections = {"generator": gen}
+    for name in _SECTIONS:
+        section = gen.get(name)
+        if section is None:
+            continue
+        if not isinstance(section, Mapping):
+            problems.append(f"hyper_parameters.generator.{name} is a {type(section).__name__}, expected a mapping")
+            continue
+        sections[name] = section
+    for section in sections.values():
         for key, allowed in _UNSUPPORTED.items():
-            if key in section and section[key] not in allowed:
-                problems.append(f"unsupported option {key}={section[key]!r}")
-    resnet = gen.get("resnet_conv_kwargs") or {}
+            if key in section and not _is(section[key], allowed):
+                problems.append(f"unsupported option {key}={_show(section[key])}")
+    resnet = sections.get("resnet_conv_kwargs", {})
     for key in ("ratio_gin", "ratio_gout"):
-        if key in resnet and abs(resnet[key] - inferred["ratio"]) > 1e-3:
-            problems.append(f"resnet {key}={resnet[key]} but the tensors imply {inferred['ratio']:.4g}")
-    if problems:
-        raise CheckpointError(f"{source}: generator configuration not supported: " + "; ".join(problems))
+        if key not in resnet:
+            continue
+        value = resnet[key]
+        if isinstance(value, bool) or not isinstance(value, Real):
+            problems.append(f"hyper_parameters.generator.resnet_conv_kwargs.{key} is {_show(value)}, expected a number")
+        elif not abs(value - inferred["ratio"]) <= 1e-3:
+            problems.append(f"resnet {key}={value} but the tensors imply {inferred['ratio']:.4g}")
+    return problems
 
 
-def to_flax_state(state_dict: Mapping[str, np.ndarray], config: LamaConfig, source: str) -> dict[tuple, jax.Array]:
+def _is(value, allowed) -> bool:
+    """`value` equals one of `allowed` and has its type (so 0 is not False, '1' not 1)."""
+    return any(type(value) is type(a) and value == a for a in allowed)
+
+
+def _show(value) -> str:
+    """A value from a file, briefly: short scalars and strings as repr, others by type."""
+    if isinstance(value, (bool, int, float, type(None))) or (isinstance(value, str) and len(value) <= 40):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def to_flax_state(state_dict: Mapping[str, np.ndarray], config: LamaConfig, source: str,
+                  budget: MemoryBudget | None = None) -> dict[tuple, jax.Array]:
     """Map a generator state_dict (keys without prefix) to flat {flax path: float32 jax array}.
 
     Each converted array is moved into a jax array at once, so the peak memory is the source
-    tensors plus one converted copy (orbax then saves jax arrays without another host copy).
+    tensors plus one converted copy (orbax then saves jax arrays without another host copy);
+    the converted size is charged to `budget` before anything is allocated.
 
-    Strict: raises one CheckpointError listing every missing, unexpected and mis-shaped key.
+    Strict: raises one CheckpointError listing every missing, unexpected, mis-shaped and
+    non-floating-point key, or every tensor holding NaN or infinity.
     """
     rules = key_map(config)
     expected = _flat_shapes(abstract_model(config))
+    if budget is not None:
+        budget.charge(4 * sum(int(np.prod(shape)) for shape in expected.values()), f"the converted weights of {config}")
     provided = {k for k in state_dict if not k.endswith(_IGNORED_SUFFIX)}
     missing = sorted(set(rules) - provided)
     unexpected = sorted(provided - set(rules))
     stacked: dict[tuple, list] = {}
-    flat, misshaped = {}, []
+    flat, misshaped, not_float, not_finite = {}, [], [], []
     for key in sorted(provided & set(rules)):
         path, transform, block = rules[key]
-        array = np.asarray(state_dict[key])
-        array = transform(array) if transform else array
-        want = expected[path][1:] if block is not None else expected[path]
-        if array.shape != want:
-            misshaped.append(f"{key}: {tuple(state_dict[key].shape)} (expected {_torch_shape(want, transform)})")
+        source_array = state_dict[key]
+        if source_array.dtype.kind != "f":
+            not_float.append(f"{key}: {source_array.dtype}")
             continue
-        if block is None:
-            flat[path] = _device_array([array], array.shape)
-            release_pages(state_dict[key])
-        else:
+        want = expected[path][1:] if block is not None else expected[path]
+        if source_array.ndim != len(want):
+            misshaped.append(f"{key}: {tuple(source_array.shape)} (expected {_torch_shape(want, transform)})")
+            continue
+        array = transform(source_array) if transform else source_array
+        if array.shape != want:
+            misshaped.append(f"{key}: {tuple(source_array.shape)} (expected {_torch_shape(want, transform)})")
+            continue
+        if block is not None:
             stacked.setdefault(path, [None] * config.n_blocks)[block] = key
-    if missing or unexpected or misshaped:
-        raise CheckpointError(_mismatch_message(source, config, missing, unexpected, misshaped))
+        elif not (missing or unexpected or misshaped or not_float):
+            flat[path] = _device_array([array], array.shape, [key], not_finite)
+            release_pages(source_array)
+    if missing or unexpected or misshaped or not_float:
+        raise CheckpointError(_mismatch_message(source, config, missing, unexpected, misshaped, not_float))
     for path, keys in stacked.items():
         transform = rules[keys[0]][1]
         arrays = [transform(state_dict[k]) if transform else state_dict[k] for k in keys]
-        flat[path] = _device_array(arrays, (len(arrays),) + arrays[0].shape)
+        flat[path] = _device_array(arrays, (len(arrays),) + arrays[0].shape, keys, not_finite)
         for key in keys:  # keep the peak at about one copy of the weights
             release_pages(state_dict[key])
+    if not_finite:
+        raise CheckpointError(f"{source}: weights hold NaN or infinite values (in float32) in "
+                              f"{len(not_finite)} tensors:" + _listing(sorted(not_finite)))
     return flat
 
 
-def _device_array(parts, shape) -> jax.Array:
+def _device_array(parts, shape, keys, not_finite) -> jax.Array:
     """float32 jax array of `shape` from `parts` (stacked along a new axis 0 when shape has one
     more dimension than the parts), written once into a 64-byte aligned host buffer, which
-    CPU device_put adopts without copying."""
+    CPU device_put adopts without copying. Appends to `not_finite` the keys of parts that
+    hold NaN or infinity once in float32."""
     nbytes = int(np.prod(shape)) * 4
     raw = np.empty(nbytes + 64, np.uint8)
     start = -raw.ctypes.data % 64
     out = raw[start : start + nbytes].view(np.float32).reshape(shape)
-    if len(shape) == parts[0].ndim:
-        out[...] = parts[0]
-    else:
-        np.stack(parts, out=out)
+    stacked = len(shape) != parts[0].ndim
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf: reported below
+        if stacked:
+            np.stack(parts, out=out)
+        else:
+            out[...] = parts[0]
+    for key, part in zip(keys, out if stacked else [out]):
+        if not np.isfinite(part).all():
+            not_finite.append(key)
     return jax.device_put(out)
 
 
@@ -246,13 +325,17 @@ def _torch_shape(flax_shape, transform):
     return tuple(flax_shape)
 
 
-def _mismatch_message(source, config, missing, unexpected, misshaped, limit=20):
+def _listing(items, limit=20, indent="    ") -> str:
+    shown = items[:limit] + ([f"... and {len(items) - limit} more"] if len(items) > limit else [])
+    return "".join(f"\n{indent}{item}" for item in shown)
+
+
+def _mismatch_message(source, config, missing, unexpected, misshaped, not_float=()):
     def section(title, items):
-        shown = "\n    ".join(items[:limit]) + (f"\n    ... and {len(items) - limit} more" if len(items) > limit else "")
-        return f"\n  {title} ({len(items)}):\n    {shown}" if items else ""
+        return f"\n  {title} ({len(items)}):" + _listing(list(items)) if items else ""
     return (f"{source}: the generator weights do not match a LaMa generator with {config}:"
             + section("missing keys", missing) + section("unexpected keys", unexpected)
-            + section("mis-shaped keys", misshaped))
+            + section("mis-shaped keys", misshaped) + section("not floating point (complex, integer, bool)", not_float))
 
 
 def _flat_shapes(model) -> dict[tuple, tuple]:
@@ -265,54 +348,66 @@ def _flat_shapes(model) -> dict[tuple, tuple]:
 # --------------------------------------------------------------------------------------
 
 
-def read_generator(src: str | os.PathLike) -> tuple[dict[str, np.ndarray], Mapping | None]:
-    """(generator state_dict without prefix, hyper_parameters or None) from a LaMa checkpoint.
-
-    Accepts a Lightning checkpoint (`state_dict` with `generator.*` keys), a bare generator
-    state_dict, a state_dict with `generator.` prefixes, or (torch required) a TorchScript
-    archive with `model.generator.*` keys.
-    """
-    src = str(src)
-    if _is_torchscript(src):
-        state, hparams = _read_torchscript(src), None
-    else:
-        obj = read_torch_file(src)
-        if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-            state, hparams = obj["state_dict"], to_plain(obj.get("hyper_parameters"))
-        elif isinstance(obj, Mapping):
-            state, hparams = obj, None
-        else:
-            raise CheckpointError(f"{src}: expected a checkpoint dict or a state_dict, found {type(obj).__name__}")
-    for prefix in ("model.generator.", "generator.", ""):
-        generator = {k[len(prefix):]: v for k, v in state.items()
-                     if isinstance(k, str) and k.startswith(prefix) and k[len(prefix):].startswith("model.")}
-        if generator:
-            break
-    if not generator or not all(isinstance(v, np.ndarray) for v in generator.values()):
-        raise CheckpointError(f"{src}: no LaMa generator weights found (expected keys like 'generator.model.1.ffc.convl2l.weight')")
-    return generator, hparams if isinstance(hparams, Mapping) else None
+_STEM_KEY = "model.1.ffc.convl2l.weight"  # the first convolution of every LaMa generator
 
 
-def _is_torchscript(src):
-    try:
-        with zipfile.ZipFile(src) as z:
-            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+def read_generator(src: str | os.PathLike, scratch: str | os.PathLike | None = None
+                   ) -> tuple[Mapping[str, np.ndarray], Mapping | None]:
+    """(generator state_dict without prefix, hyper_parameters or None) from any LaMa source
+    `open_source` recognises; `scratch` is where a zip's checkpoint is extracted."""
+    source = open_source(src, scratch)
+    return find_generator(source.tensors, str(src)), source.hyper_parameters
 
 
-def _read_torchscript(src):
-    try:
-        import torch
-    except ImportError:
-        raise CheckpointError(
-            f"{src}: is a TorchScript archive; reading it needs torch (pip install 'jax-refine[torch]'). "
-            "Without torch, convert LaMa's best.ckpt instead.") from None
-    try:
-        module = torch.jit.load(src, map_location="cpu")
-    except Exception as e:  # torch raises many types for a damaged archive
-        raise CheckpointError(f"{src}: could not load the TorchScript archive: {e}") from None
-    return {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+def find_generator(tensors: Mapping, source: str) -> Mapping[str, np.ndarray]:
+    """The generator's tensors, keys without their prefix: the keys under the one prefix
+    (e.g. 'generator.', 'model.generator.', '') that holds `model.1.ffc.convl2l.weight`. With
+    several such prefixes, the one ending in 'generator.' (LaMa's own) is taken."""
+    names = [k for k in tensors if isinstance(k, str)]
+    prefixes = sorted({k[: -len(_STEM_KEY)] for k in names
+                       if k.endswith(_STEM_KEY) and (k == _STEM_KEY or k[-len(_STEM_KEY) - 1] == ".")})
+    if len(prefixes) > 1:
+        prefixes = [p for p in prefixes if p == "" or p.endswith("generator.")] or prefixes
+    if len(prefixes) != 1:
+        found = (f"generators under several prefixes ({', '.join(repr(p) for p in prefixes[:10])})" if prefixes
+                 else _summary(names))
+        raise CheckpointError(f"{source}: no LaMa generator weights found (expected keys like "
+                              f"'generator.{_STEM_KEY}' under one prefix); found {found}")
+    prefix = prefixes[0]
+    return _Tensors(tensors, {k[len(prefix):]: k for k in names
+                              if k.startswith(prefix) and k[len(prefix):].startswith("model.")}, source)
+
+
+def _summary(names, limit=8) -> str:
+    """What a file holds: its number of tensors and their most common key prefixes."""
+    if not names:
+        return "no named tensors at all"
+    groups: dict[str, int] = {}
+    for name in names:
+        head = ".".join(name.split(".")[:2]) if name.count(".") > 1 else name
+        groups[head] = groups.get(head, 0) + 1
+    top = sorted(groups.items(), key=lambda kv: -kv[1])[:limit]
+    more = f", ... ({len(groups)} groups)" if len(groups) > limit else ""
+    return f"{len(names)} entries: " + ", ".join(f"{g}.* ({n})" if n > 1 else g for g, n in top) + more
+
+
+class _Tensors(Mapping):
+    """A renamed view of a source's tensors; refuses values that are not arrays on access."""
+
+    def __init__(self, tensors: Mapping, names: dict[str, str], source: str):
+        self._tensors, self._names, self._source = tensors, names, source
+
+    def __getitem__(self, key) -> np.ndarray:
+        value = self._tensors[self._names[key]]
+        if not isinstance(value, np.ndarray):
+            raise CheckpointError(f"{self._source}: {self._names[key]} is a {type(value).__name__}, not a tensor")
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 # --------------------------------------------------------------------------------------
@@ -321,22 +416,26 @@ def _read_torchscript(src):
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Convert a LaMa checkpoint `src` into a jax-refine checkpoint directory `dst`.
+    """Convert a LaMa checkpoint `src` (a file or LaMa's unzipped folder, see the module
+    docstring) into a jax-refine checkpoint directory `dst`.
 
-    Nothing is written unless the conversion succeeds: the directory is assembled under a
-    temporary name beside `dst` and renamed at the end.
+    Nothing is written unless the conversion succeeds. `dst` may not contain `src`; an
+    existing `dst` is replaced only with `overwrite` and only if it is a jax-refine
+    checkpoint (FileExistsError otherwise). Malformed sources raise CheckpointError.
     """
-    src, dst = Path(src), Path(dst)
-    if not src.is_file():
+    src, dst = Path(src), Path(dst).absolute()
+    if not src.exists():
         raise CheckpointError(f"{src}: no such file")
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists (pass overwrite=True / --overwrite to replace it)")
-    state_dict, hparams = read_generator(src)
-    config = infer_config(state_dict, hparams, str(src))
-    flat = to_flax_state(state_dict, config, str(src))
-    del state_dict
-    source = {"file": src.name, "sha256": _sha256(src)}
-    save_flat(flat, config, dst, source=source, overwrite=overwrite)
+    check_destination(dst, overwrite, source=src)
+    with _staging(dst) as tmp:
+        source = open_source(src, scratch=tmp)
+        generator = find_generator(source.tensors, str(src))
+        config = infer_config(generator, source.hyper_parameters, str(src))
+        flat = to_flax_state(generator, config, str(src), source.budget)
+        identity = {"file": src.name, "sha256": _sha256(source.file), "format": source.kind}
+        del generator, source
+        _write(tmp, flat, config, identity)
+        _install(tmp, dst, overwrite)
     return dst
 
 
@@ -348,31 +447,161 @@ def save(model: Lama, dst: str | os.PathLike, *, source: Mapping | None = None, 
 
 
 def save_flat(flat: Mapping[tuple, np.ndarray], config: LamaConfig, dst, *, source: Mapping, overwrite=False) -> Path:
-    """Write flat {flax path: array} + metadata atomically to the directory `dst`."""
+    """Write flat {flax path: array} + metadata atomically to the directory `dst` (replacing
+    only a previous jax-refine checkpoint, with `overwrite`)."""
+    dst = Path(dst).absolute()
+    check_destination(dst, overwrite)
+    with _staging(dst) as tmp:
+        _write(tmp, flat, config, source)
+        _install(tmp, dst, overwrite)
+    return dst
+
+
+def check_destination(dst: Path, overwrite: bool, source: Path | None = None) -> None:
+    """Refuse (FileExistsError) a destination whose writing would lose data: one that is or
+    contains `source`, an existing one without `overwrite`, and anything but a previous
+    jax-refine checkpoint (params/ and jax_refine.json, nothing else) with it."""
+    if source is not None:
+        real_source, real_dst = Path(os.path.realpath(source)), Path(os.path.realpath(dst))
+        if real_dst == real_source or real_dst in real_source.parents:
+            raise FileExistsError(f"{dst} holds the source {source}: refusing to write the checkpoint there "
+                                  "(choose another destination)")
+    if not os.path.lexists(dst):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{dst} already exists (pass overwrite=True / --overwrite to replace a previous "
+                              "jax-refine checkpoint)")
+    problem = _not_a_checkpoint(dst)
+    if problem:
+        raise FileExistsError(f"refusing to replace {dst}: {problem}; --overwrite only replaces a jax-refine "
+                              "checkpoint")
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """Why `path` is not a jax-refine checkpoint directory (None when it is one)."""
+    if not path.is_dir():
+        return "it is not a directory"
+    others = sorted(set(os.listdir(path)) - {"params", METADATA_FILE})
+    if others:
+        return f"it holds other files ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''})"
+    try:
+        read_metadata(path)
+    except CheckpointError:
+        return f"it has no valid {METADATA_FILE}"
+    return None
+
+
+def _write(tmp: Path, flat: Mapping[tuple, np.ndarray], config: LamaConfig, source: Mapping) -> None:
+    """params/ (orbax) and jax_refine.json of a checkpoint, into the directory `tmp`."""
     import orbax.checkpoint as ocp
 
-    dst = Path(dst).absolute()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    tree = {}
+    for path, array in flat.items():
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(str(part), {})
+        node[str(path[-1])] = array
+    # synchronous: the async StandardCheckpointer first copies every array to host buffers
+    ocp.Checkpointer(ocp.StandardCheckpointHandler()).save(tmp / "params", args=ocp.args.StandardSave(tree))
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config),
+                "source": dict(source), "converter_version": __version__}
+    (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def _install(tmp: Path, dst: Path, overwrite: bool) -> None:
+    """Rename the finished `tmp` to `dst`; a previous checkpoint there is moved aside first
+    and removed after (it is put back if the rename fails)."""
+    if not os.path.lexists(dst):
+        os.rename(tmp, dst)
+        return
+    check_destination(dst, overwrite)  # again: it may have changed since the conversion began
+    aside = _staging_name(dst)
+    os.rename(dst, aside)
     try:
-        tree = {}
-        for path, array in flat.items():
-            node = tree
-            for part in path[:-1]:
-                node = node.setdefault(str(part), {})
-            node[str(path[-1])] = array
-        # synchronous: the async StandardCheckpointer first copies every array to host buffers
-        ocp.Checkpointer(ocp.StandardCheckpointHandler()).save(tmp / "params", args=ocp.args.StandardSave(tree))
-        metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config),
-                    "source": dict(source), "converter_version": __version__}
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        if dst.exists() and overwrite:
-            shutil.rmtree(dst)
         os.rename(tmp, dst)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.rename(aside, dst)
         raise
-    return dst
+    if aside.is_symlink():
+        aside.unlink()
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+# Staging directories: `.<dst name>.<16 hex>.partial`, locked (flock) while in use; the
+# 8-character variant is what tempfile.mkdtemp made before version 0.1.1.
+def _staging_name(dst: Path) -> Path:
+    return dst.parent / f".{dst.name}.{secrets.token_hex(8)}.partial"
+
+
+def _is_staging_name(name: str, dst: Path) -> bool:
+    return re.fullmatch(re.escape(f".{dst.name}.") + r"(?:[0-9a-f]{16}|[a-z0-9_]{8})\.partial", name) is not None
+
+
+@contextlib.contextmanager
+def _staging(dst: Path) -> Iterator[Path]:
+    """A fresh, locked directory beside `dst` (mode 0777 & ~umask), removed unless it was
+    renamed away (with the parents it needed); first removes stale staging directories of
+    `dst` (killed conversions)."""
+    created = [p for p in (dst.parent, *dst.parent.parents) if not p.exists()]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(dst)
+    for _ in range(3):
+        path = _staging_name(dst)
+        os.mkdir(path)
+        lock = _try_lock(path) if fcntl else -1
+        if lock is not None:
+            break
+        shutil.rmtree(path, ignore_errors=True)  # a cleaner took it in the instant before our lock
+    else:
+        raise OSError(f"could not lock a staging directory beside {dst}")
+    try:
+        yield path
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        for parent in created:  # innermost first; only if still empty
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
+    finally:
+        if lock >= 0:
+            os.close(lock)
+
+
+def remove_stale_staging(dst: Path) -> list[Path]:
+    """Remove the staging directories of `dst` that no live process holds (left by a killed
+    conversion); returns them. Nothing is removed where file locks are unavailable."""
+    removed = []
+    if fcntl is None or not dst.parent.is_dir():
+        return removed
+    for entry in os.scandir(dst.parent):
+        if not _is_staging_name(entry.name, dst) or not entry.is_dir(follow_symlinks=False):
+            continue
+        lock = _try_lock(entry.path)
+        if lock is None:
+            continue
+        try:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+        finally:
+            os.close(lock)
+    return removed
+
+
+def _try_lock(path) -> int | None:
+    """A descriptor of directory `path` holding its exclusive lock, or None when another
+    process holds it or the directory is gone. The lock ends with the descriptor (and with
+    the process, however it dies)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -395,7 +624,6 @@ def read_metadata(path: str | os.PathLike) -> dict:
 def load(path: str | os.PathLike) -> Lama:
     """Load a jax-refine checkpoint directory as a ready (inference-mode) Lama model."""
     import orbax.checkpoint as ocp
-    from flax import nnx
 
     path = Path(path).absolute()
     meta = read_metadata(path)

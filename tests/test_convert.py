@@ -15,6 +15,7 @@ from jax_refine import CheckpointError, UnsafePickleError, convert, load
 from jax_refine.convert import FORMAT, read_generator
 from jax_refine.model import count_parameters
 
+import lama_files
 from conftest import GOLDEN
 
 CONTAINERS = ["tinylama.ckpt", "tinylama_omegaconf.ckpt", "tinylama_generator_state_dict.pth"]
@@ -31,7 +32,8 @@ def test_every_container_converts_to_the_same_model(container, tmp_path, tiny_ch
     meta = json.loads((dst / "jax_refine.json").read_text())
     assert meta["format"] == FORMAT
     assert meta["config"] == {"ngf": 8, "n_downsampling": 3, "n_blocks": 2, "ratio": 0.75,
-                              "input_nc": 4, "output_nc": 3, "max_features": 1024}
+                              "input_nc": 4, "output_nc": 3, "max_features": 1024, "hole_fill": "zeros",
+                              "output": "sigmoid"}
     assert meta["source"]["file"] == container and len(meta["source"]["sha256"]) == 64
     model, reference = load(dst), load(tiny_checkpoint)
     assert count_parameters(model) == 135_571
@@ -153,13 +155,57 @@ def test_damaged_files_give_a_clear_error_and_no_output(tmp_path, damage):
 
 def test_existing_destination_is_not_overwritten(tmp_path):
     dst = tmp_path / "out"
-    dst.mkdir()
-    (dst / "keep").write_text("x")
-    with pytest.raises(FileExistsError):
-        convert(GOLDEN / "tinylama.ckpt", dst)
-    assert (dst / "keep").read_text() == "x"
-    convert(GOLDEN / "tinylama.ckpt", dst, overwrite=True)
-    assert not (dst / "keep").exists() and (dst / "jax_refine.json").exists()
+    convert(GOLDEN / "tinylama.ckpt", dst)
+    before = (dst / "jax_refine.json").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="already exists"):
+        convert(GOLDEN / "tinylama_generator_state_dict.pth", dst)
+    assert (dst / "jax_refine.json").stat().st_mtime_ns == before
+    convert(GOLDEN / "tinylama_generator_state_dict.pth", dst, overwrite=True)  # a previous checkpoint: replaced
+    assert json.loads((dst / "jax_refine.json").read_text())["source"]["file"] == "tinylama_generator_state_dict.pth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _lama_folder(tmp_path):
+    folder = tmp_path / "big-lama"
+    (folder / "models").mkdir(parents=True)
+    (folder / "config.yaml").write_text("generator: {}\n")
+    (folder / "models" / "best.ckpt").write_bytes((GOLDEN / "tinylama.ckpt").read_bytes())
+    (folder / "models" / "notes.txt").write_text("mine")
+    return folder
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["models", "folder", "same-file"])
+def test_overwrite_never_replaces_a_folder_holding_the_source(tmp_path, where):
+    """Issue 15.1: `convert big-lama/models/best.ckpt big-lama/models --overwrite` deleted the folder."""
+    folder = _lama_folder(tmp_path)
+    before = _tree(folder)
+    src = folder / "models" / "best.ckpt"
+    dst = {"models": folder / "models", "folder": folder, "same-file": src}[where]
+    with pytest.raises(FileExistsError, match="holds the source"):
+        convert(src, dst, overwrite=True)
+    assert _tree(folder) == before
+    assert not [p for p in tmp_path.rglob("*.partial")]
+
+
+def test_overwrite_replaces_only_a_jax_refine_checkpoint(tmp_path):
+    user_dir = tmp_path / "photos"
+    user_dir.mkdir()
+    (user_dir / "a.png").write_bytes(b"png")
+    user_file = tmp_path / "notes.txt"
+    user_file.write_text("keep")
+    checkpoint_plus = tmp_path / "ckpt"
+    convert(GOLDEN / "tinylama.ckpt", checkpoint_plus)
+    (checkpoint_plus / "mine.txt").write_text("keep")
+    for dst, reason in [(user_dir, r"holds other files \(a.png\)"), (user_file, "not a directory"),
+                        (checkpoint_plus, r"holds other files \(mine.txt\)")]:
+        with pytest.raises(FileExistsError, match=reason):
+            convert(GOLDEN / "tinylama.ckpt", dst, overwrite=True)
+    assert (user_dir / "a.png").read_bytes() == b"png" and user_file.read_text() == "keep"
+    assert (checkpoint_plus / "mine.txt").read_text() == "keep"
 
 
 def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
@@ -167,32 +213,108 @@ def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
         load(tmp_path)
 
 
-def test_torchscript_archive_converts(tmp_path, tiny_checkpoint):
-    torch = pytest.importorskip("torch")
-    from reference.lama_torch import FFCResNetGenerator
-
-    state, _ = _golden_generator()
-    generator = FFCResNetGenerator(ngf=8, n_downsampling=3, n_blocks=2)
-    generator.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-
-    class Inpainter(torch.nn.Module):  # LaMa's bin/to_jit.py wraps the training module as `model`
-        def __init__(self):
-            super().__init__()
-            self.model = torch.nn.Module()
-            self.model.generator = generator
-
-        def forward(self, image, mask):
-            x = torch.cat([image * (1 - mask), mask], 1)
-            return mask * self.model.generator(x) + (1 - mask) * image
-
-    wrapper = Inpainter().eval()
-    traced = torch.jit.trace(wrapper, (torch.rand(1, 3, 64, 64), (torch.rand(1, 1, 64, 64) > 0.5).float()))
-    traced.save(str(tmp_path / "big-lama.pt"))
+def assert_same_model(dst, tiny_checkpoint):
     from flax import nnx
-    model = load(convert(tmp_path / "big-lama.pt", tmp_path / "out"))
-    reference = load(tiny_checkpoint)
+
+    model, reference = load(dst), load(tiny_checkpoint)
     for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(reference))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """{format: path} of the published formats (TorchScript only with torch installed)."""
+    root = tmp_path_factory.mktemp("published")
+    paths = {"zip": lama_files.lama_zip(root / "big-lama.zip"), "folder": lama_files.lama_folder(root / "big-lama"),
+             "safetensors": lama_files.safetensors(root / "big-lama.safetensors")}
+    if lama_files.torch is not None:
+        paths["torchscript"] = lama_files.torchscript(root / "big-lama.pt")
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "zip", "folder", "safetensors"])
+def test_published_formats_convert_to_the_same_model(published, kind, tmp_path, tiny_checkpoint):
+    if kind not in published:
+        pytest.skip("torch makes the TorchScript fixture")
+    dst = convert(published[kind], tmp_path / "out")
+    meta = json.loads((dst / "jax_refine.json").read_text())
+    assert meta["source"]["format"] == {"torchscript": "torchscript", "zip": "lama-zip", "folder": "lama-folder",
+                                        "safetensors": "safetensors"}[kind]
+    assert_same_model(dst, tiny_checkpoint)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging dir, no extracted file left
+
+
+def test_formats_are_recognised_by_content_not_name(published, tmp_path, tiny_checkpoint):
+    for kind, path in published.items():
+        if path.is_file():
+            disguised = tmp_path / f"{kind}.txt"
+            disguised.write_bytes(path.read_bytes())
+            assert_same_model(convert(disguised, tmp_path / f"{kind}-out"), tiny_checkpoint)
+
+
+@pytest.mark.parametrize("prefix", ["model.model.", "model.generator.", "module.", ""])
+def test_the_generator_is_found_under_any_prefix(prefix, tmp_path, tiny_checkpoint):
+    state, _ = _golden_generator()
+    other = {"discriminator.model.0.weight": np.zeros((2, 2), np.float32)}
+    src = _write_checkpoint(tmp_path / "prefixed.pth", {prefix + k: v for k, v in state.items()} | other)
+    assert_same_model(convert(src, tmp_path / "out"), tiny_checkpoint)
+
+
+def test_missing_generator_lists_what_was_found(tmp_path):
+    state = {f"encoder.layer{i}.weight": np.zeros(2, np.float32) for i in range(5)} | {"head.bias": np.zeros(1)}
+    src = _write_checkpoint(tmp_path / "other.pth", state)
+    with pytest.raises(CheckpointError, match=r"other\.pth: no LaMa generator weights found") as err:
+        convert(src, tmp_path / "out")
+    assert "6 entries" in str(err.value) and "encoder.layer0" in str(err.value) and "head.bias" in str(err.value)
+
+
+def test_torchscript_code_never_runs_even_with_torch_installed(tmp_path, tiny_checkpoint):
+    """A TorchScript __setstate__ that creates a canary file on torch.jit.load: the canary
+    appears when torch loads the archive (so the payload is live), never when we convert it,
+    whatever the file is called."""
+    pytest.importorskip("torch")
+    canary = tmp_path / "canary"
+    src = lama_files.torchscript(tmp_path / "weights.ckpt", canary=canary)
+    assert_same_model(convert(src, tmp_path / "out"), tiny_checkpoint)
+    from jax_refine.cli import main
+
+    assert main(["convert", str(src), str(tmp_path / "cli-out")]) == 0
+    assert not canary.exists()
+    subprocess.run([sys.executable, "-c", f"import torch; torch.jit.load({str(src)!r})"], check=True,
+                   capture_output=True, timeout=300)
+    assert canary.exists()
+
+
+_NO_TORCH = """
+import sys
+
+class Blocker:  # records every attempt to import torch and makes it fail
+    attempts = []
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            self.attempts.append(name)
+            raise ImportError(f"{name} is blocked for this test")
+        return None
+
+sys.meta_path.insert(0, Blocker())
+from jax_refine.cli import main
+codes = [main(["convert", src, dst]) for src, dst in zip(sys.argv[1::2], sys.argv[2::2])]
+print(codes, Blocker.attempts, sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+"""
+
+
+def test_cli_converts_every_published_format_without_torch(published, tmp_path):
+    """`jax-refine convert` of TorchScript, the zip, the folder and safetensors in a process
+    where importing torch fails: every conversion succeeds and no import of torch is tried."""
+    pytest.importorskip("torch")  # to make the TorchScript fixture
+    args = [str(a) for kind, path in sorted(published.items()) for a in (path, tmp_path / kind)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", _NO_TORCH, *args], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[0, 0, 0, 0] [] []"
+    assert all((tmp_path / kind / "jax_refine.json").is_file() for kind in published)
 
 
 def test_converter_works_where_import_torch_fails(tmp_path):

@@ -1,0 +1,43 @@
+"""A loopback HTTP file server for the download tests (127.0.0.1, port 0, a daemon thread)."""
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FileServer:
+    """Serves `files` {name: bytes} at http://127.0.0.1:<port>/<name>; records each request's
+    path; with `cut` set, sends the full Content-Length but only half of the body."""
+
+    def __init__(self, files):
+        self.files, self.requests, self.cut = dict(files), [], False
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            timeout = 10
+
+            def do_GET(self):
+                server.requests.append(self.path)
+                body = server.files.get(self.path.lstrip("/"))
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if server.cut else body)
+                self.close_connection = server.cut
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name):
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
