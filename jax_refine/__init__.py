@@ -13,6 +13,7 @@ from . import _platform
 _platform.configure_xla()
 
 from .api import InpaintInfo as InpaintInfo
+from .api import LargeHoleWarning as LargeHoleWarning
 from .api import Progress as Progress
 from .api import default_model as default_model
 from .api import enable_compilation_cache as enable_compilation_cache
@@ -33,7 +34,7 @@ from .refine import RefineConfig as RefineConfig
 from .refine import ScaleInfo as ScaleInfo
 
 __all__ = [
-    "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "Lama", "LamaConfig", "MemoryEstimate", "Progress",
+    "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "Lama", "LamaConfig", "LargeHoleWarning", "MemoryEstimate", "Progress",
     "RefineConfig", "ScaleInfo", "UnsafePickleError", "convert", "default_model", "enable_compilation_cache",
     "estimate", "inpaint", "inpaint_batch", "load", "save",
 ]
