@@ -21,6 +21,8 @@ from .api import estimate as estimate
 from .api import inpaint as inpaint
 from .api import inpaint_batch as inpaint_batch
 from .convert import convert as convert
+from .jobs import JobSummary as JobSummary
+from .jobs import inpaint_files as inpaint_files
 from .convert import load as load
 from .convert import save as save
 from ._torch_pickle import CheckpointError as CheckpointError
@@ -34,7 +36,7 @@ from .refine import RefineConfig as RefineConfig
 from .refine import ScaleInfo as ScaleInfo
 
 __all__ = [
-    "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "Lama", "LamaConfig", "LargeHoleWarning", "MemoryEstimate", "Progress",
+    "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "JobSummary", "Lama", "LamaConfig", "LargeHoleWarning", "MemoryEstimate", "Progress",
     "RefineConfig", "ScaleInfo", "UnsafePickleError", "convert", "default_model", "enable_compilation_cache",
-    "estimate", "inpaint", "inpaint_batch", "load", "save",
+    "estimate", "inpaint", "inpaint_batch", "inpaint_files", "load", "save",
 ]

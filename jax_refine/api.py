@@ -182,6 +182,12 @@ def _full_scale(dtype: np.dtype) -> float:
     return float(np.iinfo(dtype).max) if dtype in (np.uint8, np.uint16) else 1.0
 
 
+def check_mask_threshold(threshold) -> None:
+    """ValueError unless `threshold` is a number in [0, 1)."""
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold < 1):
+        raise ValueError(f"mask_threshold must be a number in [0, 1), got {threshold!r}")
+
+
 def _hole(mask, shape, threshold: float = 0.0) -> np.ndarray:
     """Boolean (H, W) hole map of a mask (PIL image or array; see `inpaint`).
 
@@ -189,8 +195,7 @@ def _hole(mask, shape, threshold: float = 0.0) -> np.ndarray:
     that is not fully opaque everywhere, the alpha channel instead. A hole is a value above
     threshold * full scale (`_full_scale`; threshold 0: LaMa's nonzero rule).
     """
-    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold < 1):
-        raise ValueError(f"mask_threshold must be a number in [0, 1), got {threshold!r}")
+    check_mask_threshold(threshold)
     if _is_pil(mask):
         mask = _mask_array(mask)
     mask = np.asarray(mask)
