@@ -267,8 +267,6 @@ def _reading(path: Path, what: str):
 
     try:
         yield
-    except ItemError:
-        raise
     except FileNotFoundError:
         raise ItemError(path, "no such file") from None
     except UnidentifiedImageError:
@@ -284,13 +282,13 @@ _FILE_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: 
 
 
 def _open_regular(path: Path):
-    """A binary file object of the regular file at `path` (symlinks followed); ItemError for
-    anything else. Opened without blocking, so a FIFO cannot hang the run."""
+    """A binary file object of the regular file at `path` (symlinks followed); OSError for
+    anything else (OSError). Opened without blocking, so a FIFO cannot hang the run."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise ItemError(path, f"not a regular file ({_FILE_KINDS.get(stat.S_IFMT(mode), 'special')})")
+            raise OSError(f"not a regular file ({_FILE_KINDS.get(stat.S_IFMT(mode), 'special')})")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
