@@ -4,6 +4,8 @@ a mode its format stores. No traceback reaches the user."""
 
 import os
 import stat
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -29,6 +31,14 @@ def mask_image(hole):
     return Image.fromarray(np.where(hole, 255, 0).astype(np.uint8))
 
 
+def png_header(width: int, height: int) -> bytes:
+    """The signature, IHDR and IEND chunks of an RGB PNG of that size, without pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
 def written(folder):
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
@@ -50,6 +60,8 @@ def test_symlink_loops_fifos_and_unreadable_entries_fail_alone(tmp_path, tiny_ch
     (data / "folder.png").mkdir()                                      # a folder where the image belongs
     mask_image(photo[1]).save(data / "folder_mask.png")
     os.symlink(".", data / "sub")                                      # a folder loop (not followed)
+    (data / "bomb.png").write_bytes(png_header(20000, 20000))          # 400 Mpx claimed in 45 bytes
+    mask_image(photo[1]).save(data / "bomb_mask.png")
     mask_image(photo[1]).save(data / "locked" / "x_mask.png")
     os.chmod(data / "locked", 0)
     try:
@@ -66,6 +78,8 @@ def test_symlink_loops_fifos_and_unreadable_entries_fail_alone(tmp_path, tiny_ch
         str(data / "fifo.png"): "cannot read image: not a regular file (a FIFO)",
         str(data / "zero.png"): "cannot read image: not a regular file (a character device)",
         str(data / "folder.png"): "cannot read image: not a regular file (a folder)",
+        str(data / "bomb.png"): "cannot read image: Image size (400000000 pixels) exceeds limit of 178956970 "
+                                "pixels, could be decompression bomb DOS attack.",
         # root lists any folder: then the locked folder's mask is found, and has no image
         **({str(data / "locked" / "x_mask.png"): f"no image for this mask (looked for {data / 'locked' / 'x'}"
                                                  "{.png|.jpg|.jpeg}, any case)"} if os.geteuid() == 0 else
