@@ -1,27 +1,31 @@
 """Folder throughput with the pipelined loader against the compute-only rate on the same images.
 
-    python benchmarks/pipeline.py [--images 8] [--size 400x640] [--batch-size 2] [--rounds 2] [--refine]
+    python benchmarks/pipeline.py [--images 6] [--size 320x512] [--batch-size 2] [--rounds 6]
+                                  [--refine] [--device-cores K]
 
 A LaMa-layout folder of N PNG crops of examples/dune.png (LaMa 'medium' masks, seeds 0..N-1)
-is inpainted by the bundled model (plain prediction; --refine: min_side 200, n_iters 5) in
-three ways, each in its own process (one batch first to compile, then the timed pass):
+is inpainted by the bundled model (plain prediction; --refine: min_side 160, n_iters 5) in
+three ways, in one process after one batch has compiled the programs:
   compute    the devices alone: the job's batches, decoded beforehand, through the same
              compute step as the job (jobs._Runner.compute), nothing read or written;
   pipelined  the job (jobs.run_items, what `jax-refine inpaint DIR -o OUT` runs): headers,
              decoding ahead and encoding/writing behind on worker threads;
   serial     decode, compute and write in turn on one thread (the CLI before the pipeline).
-The modes alternate, round after round, so a shared machine's load falls on all of them.
-Prints per run images/s and the peak RSS during the timed pass (sampled every 5 ms), then per
-round the ratios to compute-only.
+Each round runs the three once, in a rotating order, so a shared machine's changing load falls
+on all of them; per pass it prints images/s and the peak RSS during the pass (sampled every
+5 ms), per round the ratios to compute-only, and at the end their medians.
+
+On a CPU-only machine the "devices" are the host's own cores, so decoding and writing compete
+with the computation for them. --device-cores K approximates an accelerator host: XLA's thread
+pool starts pinned to the first K cores, the Python threads (the job's worker threads, the
+main thread) then run on the other cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -69,84 +73,89 @@ class PeakRSS:
         self._thread.join()
 
 
-def worker(args) -> dict:
-    from jax_refine import RefineConfig, files, jobs
-    from jax_refine.api import default_model
+def pin_devices(cores: int) -> None:
+    """Start JAX's CPU backend with its threads on the first `cores` cores, then move this
+    (Python) thread, and the threads it starts later, to the remaining ones."""
+    import jax
 
-    model = default_model()
-    config = RefineConfig(min_side=200, n_iters=5)
-    settings = jobs.JobSettings(refine=args.refine, config=config, batch_size=args.batch_size, overwrite=True)
-    items, _, _ = files.find_items(args.folder, None, args.out)
-    sizes = {i: files.item_size(item) for i, item in enumerate(items)}
-    batches = [[items[i] for i in batch] for batch in jobs.plan_batches(items, sizes, settings, model)]
-    quiet = jobs.Reporter(len(items), verbose=False, outer_bar=False)
-    runner = jobs._Runner(settings, model, None, quiet)
+    every = sorted(os.sched_getaffinity(0))
+    if not 0 < cores < len(every):
+        sys.exit(f"--device-cores must be between 1 and {len(every) - 1} on this machine")
+    os.sched_setaffinity(0, every[:cores])
+    jax.devices()  # XLA's thread pool is created now, with this affinity
+    os.sched_setaffinity(0, every[cores:])
 
-    def opened(batch):
-        return [(item, files.open_image(item.image), files.open_image(item.mask, "mask")) for item in batch]
 
-    runner.compute(opened(batches[0]))  # compile every program of this size
-    if args.mode == "compute":
-        decoded = [opened(batch) for batch in batches]
-        with PeakRSS() as rss:
-            start = time.perf_counter()
-            for batch in decoded:
-                runner.compute(batch)
-    elif args.mode == "pipelined":
-        with PeakRSS() as rss:
-            start = time.perf_counter()
-            summary = jobs.run_items(items, model, settings)
-        assert summary.done == len(items), summary
-    else:
-        with PeakRSS() as rss:
-            start = time.perf_counter()
-            for batch in batches:
-                for item, image, result, _, _ in runner.compute(opened(batch)):
-                    files.save_atomic(result, item.output, image.info.get("icc_profile"))
-    seconds = time.perf_counter() - start
-    return dict(mode=args.mode, images=len(items), seconds=seconds, images_per_second=len(items) / seconds,
-                peak_rss_gib=rss.peak / 2**30)
+class Passes:
+    """The three ways to inpaint the folder `source` into `out` (see the module docstring)."""
+
+    def __init__(self, source: Path, out: Path, args):
+        from jax_refine import RefineConfig, files, jobs
+        from jax_refine.api import default_model
+
+        self.files, self.jobs = files, jobs
+        self.model = default_model()
+        config = RefineConfig(min_side=160, n_iters=5)
+        self.settings = jobs.JobSettings(refine=args.refine, config=config, batch_size=args.batch_size, overwrite=True)
+        self.items, _, _ = files.find_items(source, None, out)
+        sizes = {i: files.item_size(item) for i, item in enumerate(self.items)}
+        self.batches = [[self.items[i] for i in batch]
+                        for batch in jobs.plan_batches(self.items, sizes, self.settings, self.model)]
+        self.runner = jobs._Runner(self.settings, self.model, None,
+                                   jobs.Reporter(len(self.items), verbose=False, outer_bar=False))
+        self.runner.compute(self.opened(self.batches[0]))  # compile every program of this size
+        self.decoded = [self.opened(batch) for batch in self.batches]
+
+    def opened(self, batch):
+        return [(item, self.files.open_image(item.image), self.files.open_image(item.mask, "mask")) for item in batch]
+
+    def compute(self):
+        for batch in self.decoded:
+            self.runner.compute(batch)
+
+    def pipelined(self):
+        summary = self.jobs.run_items(self.items, self.model, self.settings)
+        assert summary.done == len(self.items), summary
+
+    def serial(self):
+        for batch in self.batches:
+            for item, image, result, _, _ in self.runner.compute(self.opened(batch)):
+                self.files.save_atomic(result, item.output, image.info.get("icc_profile"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--size", default="400x640", help="HxW of each image")
+    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--size", default="320x512", help="HxW of each image")
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--refine", action="store_true", help="two-scale refinement instead of plain prediction")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
-    parser.add_argument("--folder", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--device-cores", type=int, help="pin XLA's threads to this many cores, Python to the rest")
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args)))
-        return
+    if args.device_cores:
+        pin_devices(args.device_cores)
     h, w = map(int, args.size.split("x"))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     ratios = {mode: [] for mode in MODES[1:]}
     with tempfile.TemporaryDirectory() as tmp:
         make_folder(Path(tmp) / "in", args.images, h, w)
+        passes = Passes(Path(tmp) / "in", Path(tmp) / "out", args)
         for round_ in range(args.rounds):
             rates = {}
-            for mode in MODES:
-                command = [sys.executable, __file__, "--worker", "--mode", mode, "--folder", f"{tmp}/in",
-                           "--out", f"{tmp}/out-{mode}", "--batch-size", str(args.batch_size)]
-                done = subprocess.run(command + (["--refine"] if args.refine else []), env=env,
-                                      capture_output=True, text=True)
-                if done.returncode != 0:
-                    sys.exit(done.stderr[-3000:])
-                row = json.loads(done.stdout.strip().splitlines()[-1])
-                rates[mode] = row["images_per_second"]
-                print(f"round {round_ + 1} {mode:9s}: {row['images']} images in {row['seconds']:.1f} s, "
-                      f"{row['images_per_second']:.3f} images/s, peak RSS {row['peak_rss_gib']:.2f} GiB", flush=True)
+            for mode in MODES[round_ % 3:] + MODES[:round_ % 3]:
+                with PeakRSS() as rss:
+                    start = time.perf_counter()
+                    getattr(passes, mode)()
+                    seconds = time.perf_counter() - start
+                rates[mode] = args.images / seconds
+                print(f"round {round_ + 1} {mode:9s}: {args.images} images in {seconds:.1f} s, "
+                      f"{rates[mode]:.3f} images/s, peak RSS {rss.peak / 2**30:.2f} GiB", flush=True)
             for mode in ratios:
                 ratios[mode].append(rates[mode] / rates["compute"])
             print(f"round {round_ + 1} ratios to compute-only: "
                   + ", ".join(f"{mode} {ratios[mode][-1]:.3f}" for mode in ratios), flush=True)
     print("median ratios to compute-only: "
-          + ", ".join(f"{mode} {statistics.median(values):.3f}" for mode, values in ratios.items()))
+          + ", ".join(f"{mode} {statistics.median(values):.3f} (range {min(values):.3f}-{max(values):.3f})"
+                      for mode, values in ratios.items()))
 
 
 if __name__ == "__main__":

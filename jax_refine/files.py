@@ -34,7 +34,7 @@ LAMA_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 EXIF_ORIENTATION = 0x0112
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """Bad arguments, settings or paths: the job cannot start (the CLI's exit status 2)."""
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import heapq
@@ -45,7 +46,8 @@ PREFETCH = 2      # batches decoded ahead of the one the devices run
 WRITE_BEHIND = 2  # computed batches being encoded and written
 IO_THREADS = max(1, min(8, os.cpu_count() or 1))
 REPORT_PLOT_SUFFIX = ".report.png"
-_FOREVER_MS = 2**31 - 1  # waiting for other processes: the coordination service notices dead ones
+START_TIMEOUT_S = 1800  # every process must have planned the job within this time of the first
+_POLL_MS = 10_000  # waiting for other processes: how often to look whether one of them stopped
 _JOB_NUMBERS = itertools.count()  # the n-th distributed job of every process is the same job
 
 
@@ -242,17 +244,38 @@ class _Group:
             self.client = jax_distributed.global_state.client
             self.prefix = f"jax_refine/job{next(_JOB_NUMBERS)}/"
 
-    def _all(self, name: str, value: str) -> list[str]:
-        """`value` of every process for `name`, in process order (waits for all of them)."""
+    def _all(self, name: str, value: str, timeout_s: float | None = None) -> list[str]:
+        """`value` of every process for `name`, in process order; waits for all of them (at
+        most timeout_s), and raises UsageError when a process stopped the job (`abort`)."""
         self.client.key_value_set(f"{self.prefix}{name}/{self.index}", value)
-        return [self.client.blocking_key_value_get(f"{self.prefix}{name}/{i}", _FOREVER_MS)
-                for i in range(self.count)]
+        start, values = time.monotonic(), []
+        for i in range(self.count):
+            while True:
+                try:
+                    values.append(self.client.blocking_key_value_get(f"{self.prefix}{name}/{i}", _POLL_MS))
+                    break
+                except RuntimeError as e:  # JaxRuntimeError: DEADLINE_EXCEEDED when not there yet
+                    if "DEADLINE_EXCEEDED" not in str(e):
+                        raise
+                stopped = self.client.key_value_dir_get(f"{self.prefix}abort/")
+                if stopped:
+                    raise UsageError(f"the job stopped: {stopped[0][1]}")
+                if timeout_s is not None and time.monotonic() - start > timeout_s:
+                    raise UsageError(f"process {i} did not plan the job within {timeout_s:.0f} s of process "
+                                     f"{self.index} (see its output: did it fail to start?)")
+        return values
+
+    def abort(self, reason: str) -> None:
+        """Tell the other processes that this one stopped the job (they stop waiting for it)."""
+        if self.client is not None:
+            with contextlib.suppress(RuntimeError):  # the coordination service may be gone already
+                self.client.key_value_set(f"{self.prefix}abort/{self.index}", f"process {self.index}: {reason}")
 
     def agree(self, fingerprint: str) -> None:
         """UsageError unless every process planned the same job."""
         if self.client is None:
             return
-        differ = [i for i, other in enumerate(self._all("plan", fingerprint)) if other != fingerprint]
+        differ = [i for i, other in enumerate(self._all("plan", fingerprint, START_TIMEOUT_S)) if other != fingerprint]
         if differ:
             raise UsageError(f"process {self.index} found other work than process(es) "
                              f"{', '.join(map(str, differ))}: every host must see the same input files, "
@@ -289,6 +312,18 @@ def run_items(items: list[Item], model, settings: JobSettings, *, shared_mask: P
         except ItemError as e:
             raise UsageError(str(e)) from None
     group = _Group(distributed)
+    try:
+        own = _run_share(items, model, settings, mask_image, group, start, verbose, report_folder, outer_bar,
+                         distributed)
+    except BaseException as e:
+        group.abort(f"{type(e).__name__}: {e}")
+        raise
+    return group.combine(own, start)
+
+
+def _run_share(items: list[Item], model, settings: JobSettings, mask_image, group: _Group, start: float,
+               verbose: bool, report_folder: Path | None, outer_bar: bool, distributed: bool) -> JobSummary:
+    """This process's part of `run_items`: plan, split, resume, run; its own summary."""
     sizes = _sizes(items)
     batches = plan_batches(items, sizes, settings, model)
     group.agree(_fingerprint(items, sizes, batches))
@@ -313,7 +348,7 @@ def run_items(items: list[Item], model, settings: JobSettings, *, shared_mask: P
         reporter.note(f"this process: {own.headline()}")
     if distributed and report_folder is not None:
         _write_report(report_folder / ".jax-refine" / f"process-{group.index}-of-{group.count}.json", reporter, own)
-    return group.combine(own, start)
+    return own
 
 
 def _resume(batches: list[list[int]], items: list[Item], sizes, settings: JobSettings,

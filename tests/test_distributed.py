@@ -5,6 +5,7 @@ with two processes of 2 forced CPU devices each, connected through jax.distribut
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -80,21 +81,9 @@ def test_two_processes_equal_one_process(tmp_path, tiny_checkpoint):
     assert alone.returncode == 1, alone.stderr[-3000:]
     assert "8 done, 1 failed" in alone.stdout
 
-    port = free_port()
-    processes = [subprocess.Popen(cli_command(data, "-o", tmp_path / "two", *settings, "--distributed",
-                                              "--coordinator", f"127.0.0.1:{port}", "--num-processes", 2,
-                                              "--process-id", index),
-                                  env=environment(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for index in range(2)]
-    try:
-        results = [p.communicate(timeout=600) for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert [p.returncode for p in processes] == [1, 1], [err[-3000:] for _, err in results]
-    (out0, err0), (out1, err1) = results
+    results = start_two(lambda index: data, tmp_path / "two", settings)
+    assert [code for code, *_ in results] == [1, 1], [err[-3000:] for *_, err in results]
+    (_, out0, err0), (_, out1, err1) = results
 
     one, two = outputs(tmp_path / "one"), outputs(tmp_path / "two")
     assert sorted(one) == sorted(two) and len(one) == 8
@@ -158,3 +147,37 @@ def test_killed_job_resumes_without_redoing_finished_outputs(tmp_path, tiny_chec
     for name in reference:
         np.testing.assert_array_equal(resumed[name], reference[name], err_msg=name)
     assert not list(out.glob(".*"))
+
+
+def start_two(data_of, out: Path, settings, timeout=600):
+    """Run the CLI as processes 0 and 1 of one jax.distributed job (input folder data_of(i));
+    [(returncode, stdout, stderr)] of both, killed if they outlive `timeout`."""
+    port = free_port()
+    processes = [subprocess.Popen(cli_command(data_of(index), "-o", out, *settings, "--distributed",
+                                              "--coordinator", f"127.0.0.1:{port}", "--num-processes", 2,
+                                              "--process-id", index),
+                                  env=environment(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for index in range(2)]
+    try:
+        streams = [p.communicate(timeout=timeout) for p in processes]
+        return [(p.returncode, *out_err) for p, out_err in zip(processes, streams)]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.slow
+def test_processes_that_see_different_files_refuse_to_start(tmp_path, tiny_checkpoint):
+    data = lama_folder(tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(data, other / "data")
+    (other / "data" / "e_mask000.png").unlink()  # this host sees one mask less
+    results = start_two(lambda index: data if index == 0 else other / "data", tmp_path / "out",
+                        ["--model", tiny_checkpoint, "--no-refine"], timeout=300)
+    for index, (code, out, err) in enumerate(results):
+        assert code == cli.EXIT_USAGE, err[-3000:]
+        assert f"error: process {index} found other work than process(es) {1 - index}: every host must see " \
+               "the same input files" in err
+    assert not (tmp_path / "out").exists()
