@@ -184,3 +184,24 @@ def test_jpeg_outputs_of_16_bit_and_alpha_images_are_rescaled(tmp_path, tiny_che
     with Image.open(tmp_path / "g.jpg") as result:  # 8-bit grey, not clipped to white
         assert result.mode == "L"
         assert np.abs(np.asarray(result).astype(int)[~photo[1]] - grey[~photo[1]]).mean() < 3
+
+
+def test_inpaint_files_is_the_cli_job_from_python(tmp_path, tiny_model, photo, capsys):
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    photo[0].save(data / "a.png")
+    mask_image(photo[1]).save(data / "a_mask001.png")
+    mask_image(photo[1][::-1]).save(data / "a_mask002.png")
+    (data / "bad.png").write_bytes(b"not a png")
+    mask_image(photo[1]).save(data / "bad_mask.png")
+    summary = jax_refine.inpaint_files(data, out, model=tiny_model, refine=False, batch_size=2)
+    assert (summary.done, summary.skipped, summary.processes) == (2, 0, 1)
+    assert summary.failures == [(str(data / "bad.png"), "cannot read image: not an image file of a format PIL reads")]
+    assert capsys.readouterr() == ("", "")  # not verbose: nothing printed
+    for name, hole in (("a_mask001.png", photo[1]), ("a_mask002.png", photo[1][::-1])):
+        alone = jax_refine.inpaint(photo[0], hole, tiny_model, refine=False)
+        assert np.abs(np.asarray(Image.open(out / name)).astype(int) - np.asarray(alone)).max() <= 1
+    again = jax_refine.inpaint_files(data, out, model=tiny_model, refine=False, skip_existing=True)
+    assert (again.done, again.skipped, len(again.failures)) == (0, 2, 1)
+    with pytest.raises(files.UsageError, match="overwrite replaces existing outputs, skip_existing keeps them"):
+        jax_refine.inpaint_files(data, out, model=tiny_model, overwrite=True, skip_existing=True)
