@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "process's JAX devices (data parallel); a failing batch is retried image by image "
                               "(default: 1)")
     inpaint.add_argument("-q", "--quiet", action="store_true",
-                         help="no progress output; the summary only when something failed")
+                         help="no progress, failure or warning lines; the summary only when something failed")
 
     hosts = inpaint.add_argument_group("several processes (jax.distributed)")
     hosts.add_argument("--distributed", action="store_true",

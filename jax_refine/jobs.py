@@ -519,8 +519,8 @@ def _use_bars() -> bool:
 
 
 class Reporter:
-    """One process's progress (tqdm bars on a terminal, else one line per item on stderr;
-    failures and notes also when not verbose) and the counts of its summary. Thread-safe."""
+    """One process's progress when verbose (tqdm bars on a terminal, else one line per item;
+    failures, warnings and notes; on stderr) and the counts of its summary. Thread-safe."""
 
     def __init__(self, total: int, *, verbose: bool, outer_bar: bool, prefix: str = ""):
         self.total, self.verbose, self.prefix = total, verbose, prefix
@@ -601,12 +601,12 @@ class Reporter:
             self.failures.append((str(path), reason))
             if self.outer is not None:
                 self.outer.update(1)
-            self._write(f"failed: {path}: {reason}")
+            self.note(f"failed: {path}: {reason}")
 
     def warned(self, path, message):
         with self._lock:
             self.warnings.append((str(path), message))
-            self._write(f"warning: {path}: {message}")
+            self.note(f"warning: {path}: {message}")
 
     def skipped(self, count: int):
         with self._lock:
