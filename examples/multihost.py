@@ -1,68 +1,36 @@
-"""Inpaint a LaMa-layout folder (x.png + x_mask.png) on every host of a TPU pod (or one machine).
+"""Inpaint a LaMa-layout folder (x.png + x_mask*.png) on every host of a TPU pod or GPU
+cluster, scripted: `jax_refine.inpaint_files`, the code path of `jax-refine inpaint --distributed`.
 
-    # on each host of the pod, the same command (Cloud TPU sets up the coordinator):
+    # on every host, the same command (Cloud TPU and SLURM are detected by jax.distributed):
     python examples/multihost.py IN_DIR OUT_DIR --model big-lama --distributed
     # one machine, all its devices:
-    python examples/multihost.py IN_DIR OUT_DIR
+    python examples/multihost.py IN_DIR OUT_DIR --model big-lama
 
-Each process takes every process_count-th image (sorted by name, starting at its
-process_index) and runs `jax_refine.inpaint_batch` data-parallel over its *local* devices, so
-hosts never exchange data; results are written atomically to OUT_DIR. With --distributed,
-`jax.distributed.initialize()` is called first (arguments from the environment, as on Cloud
-TPU; pass --coordinator/--num-processes/--process-id elsewhere).
+Each process inpaints its share of the folder on its local devices; finished outputs are kept
+when the job is started again (skip_existing). The CLI does the same:
+`jax-refine inpaint IN_DIR -o OUT_DIR --model big-lama --batch-size 8 --distributed --skip-existing`.
 """
 
-from __future__ import annotations
-
 import argparse
-from pathlib import Path
-
-import jax
-import numpy as np
-from PIL import Image
+import sys
 
 import jax_refine
-from jax_refine.cli import save_atomic
 
 
-def pairs(folder: Path) -> list[tuple[Path, Path]]:
-    """(image, mask) for every `x_mask*.png` whose `x.png` exists, sorted by name."""
-    found = []
-    for mask in sorted(folder.glob("*_mask*.png")):
-        image = mask.with_name(mask.name.split("_mask")[0] + ".png")
-        if image.exists():
-            found.append((image, mask))
-    return found
-
-
-def main() -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("input", type=Path)
-    parser.add_argument("output", type=Path)
+    parser.add_argument("input")
+    parser.add_argument("output")
     parser.add_argument("--model", help="converted checkpoint directory (default: the bundled model)")
-    parser.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
-    parser.add_argument("--coordinator", help="host:port of process 0 (not needed on Cloud TPU)")
-    parser.add_argument("--num-processes", type=int)
-    parser.add_argument("--process-id", type=int)
-    parser.add_argument("--batch-per-device", type=int, default=1)
-    args = parser.parse_args()
-    if args.distributed:
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    devices = jax.local_devices()
-    mine = pairs(args.input)[jax.process_index()::jax.process_count()]
-    args.output.mkdir(parents=True, exist_ok=True)
-    model = jax_refine.load(args.model) if args.model else jax_refine.default_model()
-    step = args.batch_per_device * len(devices)
-    print(f"process {jax.process_index()}/{jax.process_count()}: {len(mine)} images on {len(devices)} devices")
-    for start in range(0, len(mine), step):
-        chunk = mine[start:start + step]
-        images = [np.asarray(Image.open(image).convert("RGB")) for image, _ in chunk]
-        masks = [np.asarray(Image.open(mask).convert("L")) for _, mask in chunk]
-        results = jax_refine.inpaint_batch(images, masks, model, devices=devices, batch_size=step)
-        for (image, _), result in zip(chunk, results):
-            save_atomic(Image.fromarray(result), args.output / image.name)
-            print(f"  {image.name}")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per run on this host's devices")
+    parser.add_argument("--distributed", action="store_true", help="split the folder over the processes")
+    args = parser.parse_args(argv)
+    summary = jax_refine.inpaint_files(args.input, args.output, model=args.model, batch_size=args.batch_size,
+                                       distributed=args.distributed, skip_existing=True, verbose=True)
+    if summary.process == 0:
+        print(summary)
+    return 1 if summary.failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,6 +14,7 @@ from . import _platform
 _platform.configure_xla()
 
 from .api import InpaintInfo as InpaintInfo
+from .api import LargeHoleWarning as LargeHoleWarning
 from .api import Progress as Progress
 from .api import default_model as default_model
 from .api import enable_compilation_cache as enable_compilation_cache
@@ -22,6 +23,8 @@ from .api import inpaint as inpaint
 from .api import inpaint_batch as inpaint_batch
 from .api import load as load
 from .convert import convert as convert
+from .jobs import JobSummary as JobSummary
+from .jobs import inpaint_files as inpaint_files
 from .convert import save as save
 from ._torch_pickle import CheckpointError as CheckpointError
 from ._torch_pickle import UnsafePickleError as UnsafePickleError
@@ -34,7 +37,7 @@ from .plan import RefineConfig as RefineConfig
 from .refine import ScaleInfo as ScaleInfo
 
 __all__ = [
-    "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "Lama", "LamaConfig", "MemoryEstimate", "Progress",
-    "RefineConfig", "ScaleInfo", "UnsafePickleError", "convert", "default_model", "enable_compilation_cache",
-    "estimate", "inpaint", "inpaint_batch", "load", "save",
+    "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "JobSummary", "Lama", "LamaConfig", "LargeHoleWarning",
+    "MemoryEstimate", "Progress", "RefineConfig", "ScaleInfo", "UnsafePickleError", "convert", "default_model",
+    "enable_compilation_cache", "estimate", "inpaint", "inpaint_batch", "inpaint_files", "load", "save",
 ]

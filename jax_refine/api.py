@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,10 @@ class _Image:
 
 
 def _image_from_array(a: np.ndarray) -> _Image:
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
-        raise ValueError(f"image must be H x W x 3 (or H x W, H x W x 1, H x W x 4), got shape {a.shape}")
+    """H x W (grey), H x W x 1, x 2 (grey + alpha), x 3 (RGB) or x 4 (RGBA); uint8, uint16 or
+    float in [0, 1]. Alpha is kept as it is; grey results are the fill's luma."""
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 2, 3, 4)):
+        raise ValueError(f"image must be H x W x 3 (or H x W, H x W x 1, x 2, x 4), got shape {a.shape}")
     if a.size == 0:
         raise ValueError(f"image is empty (shape {a.shape})")
     if a.dtype.kind == "u" and a.dtype.itemsize <= 2:
@@ -67,10 +70,10 @@ def _image_from_array(a: np.ndarray) -> _Image:
     else:
         raise ValueError(f"unsupported image dtype {a.dtype}: use uint8, uint16 or float in [0, 1]")
     out_dtype = np.float32 if scale is None else a.dtype
-    channels = a.reshape(a.shape[0], a.shape[1], -1)  # (H, W, 1 | 3 | 4)
-    gray = channels.shape[2] == 1
+    channels = a.reshape(a.shape[0], a.shape[1], -1)  # (H, W, 1 | 2 | 3 | 4)
+    gray = channels.shape[2] <= 2
     as_float = channels.astype(np.float32) / (scale or 1.0)
-    rgb = np.repeat(as_float, 3, axis=2) if gray else as_float[:, :, :3]
+    rgb = np.repeat(as_float[:, :, :1], 3, axis=2) if gray else as_float[:, :, :3]
 
     def to_out_dtype(x):
         return x.astype(np.float32) if scale is None else np.clip(np.rint(x * scale), 0, scale).astype(out_dtype)
@@ -89,50 +92,149 @@ def _luma(rgb):
     return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
+# PIL modes by how they are read. Colour spaces other than RGB are inpainted in RGB (PIL's
+# conversion) and the fill is converted back, so known pixels keep their exact values.
+_GREY_16 = ("I;16", "I;16B", "I;16L", "I;16N")
+_WITH_ALPHA = ("LA", "La", "RGBA", "RGBa", "PA")
+_COLOUR_SPACES = ("CMYK", "YCbCr", "HSV", "LAB")
+
+
+def _has_alpha(img) -> bool:
+    return img.mode in _WITH_ALPHA or (img.mode == "P" and "transparency" in img.info)
+
+
 def _image_from_pil(img) -> _Image:
+    """Every PIL mode: 1/L -> L; LA/La -> LA; P/PA -> RGB or RGBA; RGB/RGBX -> RGB;
+    RGBA/RGBa -> RGBA; CMYK/YCbCr/HSV/LAB -> the same mode (RGB for LAB, which PIL cannot
+    convert to); 16-bit grey (I;16, I;16B, I;16L, I;16N) -> I;16; I (values 0..65535) -> I;
+    F (values in [0, 1]) -> F; any other mode PIL converts to RGB -> RGB."""
     from PIL import Image, ImageOps
 
     img = ImageOps.exif_transpose(img)  # the user sees (and draws masks on) the upright image
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(img.convert("I"), np.int64)
-        array = np.clip(array, 0, 65535).astype(np.uint16)
-        inner = _image_from_array(array)
-        return _Image(inner.rgb, lambda *args: Image.fromarray(inner.restore(*args)).convert(mode)
-                      if mode != "I;16" else Image.fromarray(inner.restore(*args), "I;16"), inner.channels)
-    if mode in ("L", "1"):
+    if mode in _GREY_16:
+        inner = _image_from_array(np.asarray(img).astype(np.uint16))
+        return _Image(inner.rgb, lambda *args: Image.fromarray(inner.restore(*args)), inner.channels)
+    if mode == "I":
+        inner = _image_from_array(_as_uint16(np.asarray(img), "a 32-bit integer (mode I) image"))
+        return _Image(inner.rgb, lambda *args: Image.fromarray(inner.restore(*args).astype(np.int32)),
+                      inner.channels)
+    if mode == "F":
+        inner = _image_from_array(np.asarray(img, np.float32))
+        return _Image(inner.rgb, lambda *args: Image.fromarray(inner.restore(*args)), inner.channels)
+    if mode in ("1", "L"):
         target = "L"
-    elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+    elif mode in ("LA", "La"):
+        target = "LA"
+    elif _has_alpha(img):
         target = "RGBA"
     else:
         target = "RGB"
-    inner = _image_from_array(np.asarray(img.convert(target)))
-    out_mode = mode if mode in ("L", "RGB", "RGBA") else target
-    return _Image(inner.rgb, lambda *args: Image.fromarray(inner.restore(*args), target).convert(out_mode),
-                  inner.channels)
-
-
-def _hole(mask, shape) -> np.ndarray:
-    """Boolean (H, W) hole map: nonzero mask pixels (any channel) are holes."""
     try:
-        from PIL import Image, ImageOps
-        if isinstance(mask, Image.Image):
-            mask = np.asarray(ImageOps.exif_transpose(mask).convert("L"))
-    except ImportError:
-        pass
+        inner = _image_from_array(np.asarray(img.convert(target)))
+    except (ValueError, OSError) as e:  # PIL: no conversion from this mode
+        raise ValueError(f"unsupported image mode {mode}: {e}") from None
+    if mode not in _COLOUR_SPACES or mode == "LAB":
+        return _Image(inner.rgb, lambda *args: Image.fromarray(inner.restore(*args)), inner.channels)
+    original = np.asarray(img)
+
+    def restore(result, hole, base=None):
+        filled = np.asarray(Image.fromarray(inner.restore(result, hole, base)).convert(mode))
+        out = filled if base is not None else np.where(hole[..., None], filled, original)
+        return Image.frombytes(mode, (out.shape[1], out.shape[0]), np.ascontiguousarray(out).tobytes())
+
+    return _Image(inner.rgb, restore, inner.channels)
+
+
+def _as_uint16(a: np.ndarray, what: str) -> np.ndarray:
+    """An integer array with values in 0..65535 as uint16; ValueError naming `what` otherwise."""
+    low, high = int(a.min()), int(a.max())
+    if low < 0 or high > 65535:
+        raise ValueError(f"{what} must have values in 0..65535 (16 bits), got {low}..{high}")
+    return a.astype(np.uint16)
+
+
+MAX_HOLE_FRACTION = 0.5  # LaMa is trained on holes of up to about half the image
+
+
+class LargeHoleWarning(UserWarning):
+    """The mask makes more than MAX_HOLE_FRACTION of the image a hole (inverted or lossy mask?)."""
+
+
+def _mask_array(mask) -> np.ndarray:
+    """A PIL mask as the array `_hole` reads: 8-bit modes as grey (PIL's L conversion, the
+    luma LaMa reads masks as), with alpha as grey + alpha (H, W, 2); 16-bit as uint16; F as
+    float32."""
+    from PIL import ImageOps
+
+    mask = ImageOps.exif_transpose(mask)
+    if mask.mode in _GREY_16:
+        return np.asarray(mask).astype(np.uint16)
+    if mask.mode == "I":
+        return _as_uint16(np.asarray(mask), "a 32-bit integer (mode I) mask")
+    if mask.mode == "F":
+        return np.asarray(mask, np.float32)
+    try:
+        return np.asarray(mask.convert("LA" if _has_alpha(mask) else "L"))
+    except (ValueError, OSError) as e:
+        raise ValueError(f"unsupported mask mode {mask.mode}: {e}") from None
+
+
+def _full_scale(dtype: np.dtype) -> float:
+    """The value of a fully set mask pixel: 255 for uint8, 65535 for uint16, else 1."""
+    return float(np.iinfo(dtype).max) if dtype in (np.uint8, np.uint16) else 1.0
+
+
+def check_mask_threshold(threshold) -> None:
+    """ValueError unless `threshold` is a number in [0, 1)."""
+    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold < 1):
+        raise ValueError(f"mask_threshold must be a number in [0, 1), got {threshold!r}")
+
+
+def _hole(mask, shape, threshold: float = 0.0) -> np.ndarray:
+    """Boolean (H, W) hole map of a mask (PIL image or array; see `inpaint`).
+
+    A pixel's value is its grey level (luma for colour); when the mask has an alpha channel
+    that is not fully opaque everywhere, the alpha channel instead. A hole is a value above
+    threshold * full scale (`_full_scale`; threshold 0: LaMa's nonzero rule).
+    """
+    check_mask_threshold(threshold)
+    if _is_pil(mask):
+        mask = _mask_array(mask)
     mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[2] in (1, 3, 4):
-        mask = mask[:, :, :3].max(axis=2)  # any colour channel (alpha ignored)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be H x W (or H x W x 1/3), got shape {mask.shape}")
+    if mask.ndim == 3 and mask.shape[2] in (1, 2, 3, 4):
+        colour, alpha = np.split(mask, [1 if mask.shape[2] <= 2 else 3], axis=2)
+    elif mask.ndim == 2:
+        colour, alpha = mask[..., None], mask[..., :0]
+    else:
+        raise ValueError(f"mask must be H x W (or H x W x 1, x 2, x 3, x 4), got shape {mask.shape}")
     if mask.dtype.kind not in "biuf":
         raise ValueError(f"unsupported mask dtype {mask.dtype}")
+    if alpha.size and mask.dtype not in (np.bool_, np.uint8, np.uint16) and mask.dtype.kind != "f":
+        raise ValueError(f"a mask with an alpha channel must be bool, uint8, uint16 or float, got {mask.dtype}")
     if mask.dtype.kind == "f" and not np.all(np.isfinite(mask)):
         raise ValueError("mask contains NaN or infinite values")
-    if mask.shape != tuple(shape):
+    if mask.shape[:2] != tuple(shape):
         raise ValueError(f"mask size {mask.shape[1]}x{mask.shape[0]} (WxH) does not match the image size "
                          f"{shape[1]}x{shape[0]}")
-    return mask > 0
+    full = _full_scale(mask.dtype)
+    if alpha.size and not np.all(alpha == full):
+        value = alpha[..., 0]
+    elif colour.shape[2] == 3:
+        value = _luma(colour.astype(np.float32))
+    else:
+        value = colour[..., 0]
+    return value > threshold * full
+
+
+def _check_hole(hole: np.ndarray, what: str = "") -> float:
+    """The hole's share of the image; a LargeHoleWarning when it exceeds MAX_HOLE_FRACTION."""
+    fraction = float(hole.mean())
+    if fraction > MAX_HOLE_FRACTION:
+        warnings.warn(f"{what}the hole covers {100 * fraction:.1f} % of the image (LaMa fills holes of up to about "
+                      "half the image): is the mask inverted, or grey or lossy (see mask_threshold)?",
+                      LargeHoleWarning, stacklevel=3)
+    return fraction
 
 
 # --------------------------------------------------------------------------------------
@@ -244,17 +346,25 @@ class InpaintInfo:
     scales: list[ScaleInfo]     # with crops: every crop's scales, crop after crop
     work_size: tuple[int, int]  # (h, w) the network ran at (px_budget size when refining)
     crops: list[tuple[int, int, int, int]] = dataclasses.field(default_factory=list)  # (top, left, bottom, right)
+    hole_fraction: float = 0.0  # share of the image's pixels that are hole
 
 
 def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
             config: RefineConfig | None = None, progress: bool | Callable[[Progress], None] | None = None,
-            return_info: bool = False, crop_margin: int | None = None, devices=None):
+            return_info: bool = False, crop_margin: int | None = None, devices=None, mask_threshold: float = 0.0):
     """Inpaint the holes of `image` given by `mask` with LaMa, optionally with multi-scale refinement.
 
     Args:
-      image: PIL.Image (RGB, RGBA, L, P, 16-bit; EXIF orientation applied), or a numpy array
-        H x W x 3 uint8 / uint16 / float in [0, 1] (H x W x 4 keeps alpha; H x W gray).
-      mask: PIL.Image or array H x W (H x W x 1 / x 3 accepted); nonzero = hole.
+      image: PIL.Image of any mode (EXIF orientation applied; see `_image_from_pil` for the
+        mode each comes back in), or a numpy array H x W x 3 uint8 / uint16 / float in [0, 1]
+        (H x W x 4 keeps alpha; H x W grey, H x W x 2 grey + alpha).
+      mask: PIL.Image or array H x W (H x W x 1 grey, x 2 grey + alpha, x 3 colour, x 4
+        colour + alpha). A pixel's value is its grey level (the luma of a colour, for PIL
+        images as PIL's L conversion rounds it, as LaMa reads masks); if the mask has an
+        alpha channel that is not fully opaque everywhere, its alpha instead (strokes drawn
+        on a transparent layer). A hole is a value above mask_threshold times the full scale
+        (255 for uint8 and 8-bit images, 65535 for uint16 and 16-bit images, 1 otherwise).
+        A hole over half the image gives a `LargeHoleWarning`.
       model: a loaded `Lama`, a known model name ("big-lama", downloaded and converted on
         first use), a path to a converted checkpoint directory, or None for the bundled
         default model.
@@ -270,6 +380,8 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
       devices: None (the default device), or several devices to split the image's rows over
         (spatial sharding for images too large for one device's memory; XLA exchanges the
         borders and gathers for the FFTs, so it is slower than one device that fits the job).
+      mask_threshold: in [0, 1); 0 (the default) is LaMa's rule, every nonzero pixel is hole;
+        e.g. 0.5 for grey, anti-aliased or JPEG masks.
 
     Returns:
       The inpainted image, of the same kind as `image` (float in -> float32 out, uint8 in ->
@@ -277,11 +389,14 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
       False and the image exceeds config.px_budget). Known pixels equal the input's.
     """
     source = _source(image)
-    hole = _hole(mask, source.rgb.shape[:2])
+    hole = _hole(mask, source.rgb.shape[:2], mask_threshold)
+    fraction = _check_hole(hole)
     if crop_margin is None:
         [result], [info] = _inpaint_group([source], [hole], model, refine, config, progress, devices, spatial=True)
+        info.hole_fraction = fraction
         return (result, info) if return_info else result
-    filled, info = source.rgb.copy(), InpaintInfo(refine, [], source.rgb.shape[:2], hole_regions(hole, crop_margin))
+    filled = source.rgb.copy()
+    info = InpaintInfo(refine, [], source.rgb.shape[:2], hole_regions(hole, crop_margin), fraction)
     for top, left, bottom, right in info.crops:
         window = (slice(top, bottom), slice(left, right))
         [out], [crop_info] = _inpaint_group([_image_from_array(filled[window])], [hole[window]], model, refine,
@@ -294,14 +409,15 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
 
 def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
                   config: RefineConfig | None = None, devices=None, batch_size: int | None = None,
-                  progress: bool | Callable[[Progress], None] | None = None, return_info: bool = False):
+                  progress: bool | Callable[[Progress], None] | None = None, return_info: bool = False,
+                  mask_threshold: float = 0.0):
     """Inpaint many images: images of one `batch_key` (without refinement the same padded
     size; with it, every pyramid level of the same padded size) run together, data-parallel
     over devices.
 
     Args:
       images, masks: equal-length sequences of what `inpaint` takes (sizes may differ).
-      model, refine, config, progress: as `inpaint`.
+      model, refine, config, progress, mask_threshold: as `inpaint`.
       devices: the devices to split each batch over (default: all of `jax.devices()`); the
         weights are replicated, a batch is split along its image axis (jax.sharding Mesh).
       batch_size: images per run (default: one per device); a group of images is cut into
@@ -325,13 +441,14 @@ def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, 
     batch_size = len(devices) if batch_size is None else batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    sources, holes = [], []
+    sources, holes, fractions = [], [], []
     for index, (image, mask) in enumerate(zip(images, masks)):
         try:
             sources.append(_source(image))
-            holes.append(_hole(mask, sources[-1].rgb.shape[:2]))
+            holes.append(_hole(mask, sources[-1].rgb.shape[:2], mask_threshold))
         except ValueError as e:
             raise ValueError(f"image {index}: {e}") from None
+        fractions.append(_check_hole(holes[-1], f"image {index}: "))
     groups: dict[tuple, list[int]] = {}
     for index, source in enumerate(sources):
         groups.setdefault(batch_key(source.rgb.shape[:2], refine, model, config), []).append(index)
@@ -342,7 +459,7 @@ def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, 
             outs, run_infos = _inpaint_group([sources[i] for i in run], [holes[i] for i in run], model, refine,
                                              config, progress, devices)
             for i, out, info in zip(run, outs, run_infos):
-                results[i], infos[i] = out, info
+                results[i], infos[i] = out, dataclasses.replace(info, hole_fraction=fractions[i])
     return (results, infos) if return_info else results
 
 

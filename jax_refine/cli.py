@@ -5,35 +5,31 @@
     jax-refine inpaint lama_dir/ -o out/ --model big-lama          # LaMa's x.png + x_mask*.png layout
     jax-refine inpaint images/ masks/ -o out/ --model big-lama     # matched by file stem
     jax-refine inpaint images/ mask.png -o out/ --model big-lama   # one mask for every image
+    jax-refine inpaint lama_dir/ -o out/ --batch-size 8 --distributed --skip-existing  # on every host of a pod
 
 Exit status: 0 when every item succeeded, 1 when some item failed (each is reported and
 skipped, the others proceed), 2 for usage errors (bad arguments or settings, unreadable
 model, an output that would overwrite an input). Outputs are written atomically (a temporary
 file beside the output, then renamed), so an interrupted run never leaves a partial image.
+The work itself (items, batches, the split over processes, the pipelined loader) is
+`jax_refine.jobs`; this module parses the command line.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 from . import __version__
 from .api import enable_compilation_cache
+from .files import LAMA_IMAGE_SUFFIXES, ItemError, UsageError, find_items, item_size
+from .jobs import JobSettings, run_items, start_distributed
 from .model import REMAT_POLICIES
 from .plan import COMPUTE_DTYPES, SCALE_SCHEDULES, RefineConfig, model_defaults
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-# Images read in IMAGEDIR modes (PIL reads more, but these are the usual photo formats).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
-# LaMa's image suffixes for the `x_mask*.png` layout, tried in this order.
-LAMA_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 _REFINE_HELP = {
     "n_iters": "forward passes per refined scale (n_iters - 1 Adam steps)",
@@ -57,18 +53,6 @@ _REFINE_HELP = {
 }
 _REFINE_TYPES = {"early_stop": float}  # fields whose default (None) does not give the type
 _REFINE_CHOICES = {"scale_schedule": SCALE_SCHEDULES, "remat": REMAT_POLICIES, "compute_dtype": COMPUTE_DTYPES}
-
-
-class UsageError(Exception):
-    """Bad arguments or settings: reported as `error: ...`, exit status 2."""
-
-
-class ItemError(Exception):
-    """One item cannot be processed: reported as `failed: <path>: <reason>` and skipped."""
-
-    def __init__(self, path, reason):
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = path, reason
 
 
 # --------------------------------------------------------------------------------------
@@ -95,10 +79,22 @@ modes:
                            the result goes to OUTDIR/<stem>.png (see --keep-ext)
   IMAGEDIR MASK -o OUTDIR  the mask file MASK applies to every image of IMAGEDIR
 
-A mask pixel that is nonzero is a hole; the outputs keep every known pixel (exactly, with
-lossless formats). A bad item (unreadable image, size mismatch, missing image or mask,
-existing output) is reported and skipped. Exit status: 0 all done, 1 some item failed,
-2 usage error."""
+masks: a pixel's value is its grey level (colour: its luma); a mask with an alpha channel
+that is not fully opaque everywhere (strokes on a transparent layer) is read by its alpha
+instead. A value above --mask-threshold (default 0, LaMa's rule: any nonzero pixel) is a
+hole; a hole over half the image is warned about. The outputs keep every known pixel
+(exactly, with lossless formats), in the input's mode where the format can store it
+(16-bit grey as 16-bit PNG, float TIFF as float TIFF, or as 16-bit PNG).
+
+A bad item (unreadable image, size mismatch, missing image or mask, symlink loop, FIFO,
+existing output) is reported and skipped. Resume an interrupted run with --skip-existing:
+complete outputs are kept (a file is complete when it decodes to the end at its size), the
+temporary files the interrupted run left are removed. Exit status: 0 all done, 1 some item
+failed, 2 usage error.
+
+--distributed (TPU pods, GPU clusters): start the same command on every host; each process
+inpaints its share (whole batches, balanced by pixels) on its local devices and writes
+OUTDIR/.jax-refine/process-I-of-N.json; process 0 prints the summary of the whole job."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="big-lama (downloaded, verified and converted on first use, then cached), or a "
                               "converted checkpoint directory (`jax-refine convert`); default: the bundled model")
     inpaint.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
+    inpaint.add_argument("--skip-existing", action="store_true",
+                         help="keep the outputs that are complete and inpaint the rest (resume an interrupted run)")
+    inpaint.add_argument("--mask-threshold", metavar="T", type=float, default=0.0,
+                         help="a mask value above T times full scale is a hole, 0 <= T < 1 (default: 0, LaMa's "
+                              "nonzero rule; e.g. 0.5 for grey, anti-aliased or JPEG masks)")
     inpaint.add_argument("--image-suffix", metavar="SUFFIX", action="append", dest="image_suffixes",
                          help="DIR mode: suffix appended to the mask path cut at '_mask' to find its image, "
                               "any case (repeatable, tried in order; default: " + " ".join(LAMA_IMAGE_SUFFIXES) + ")")
@@ -146,10 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
                          help="inpaint each group of nearby holes in a crop with PX pixels of context around it "
                               "(small holes in large images; PX >= the hole size is advisable); default: whole image")
     inpaint.add_argument("--batch-size", metavar="N", type=int, default=1,
-                         help="folder modes: inpaint up to N images of one padded size together, split over all JAX "
-                              "devices (data parallel); a failing batch is retried image by image (default: 1)")
+                         help="folder modes: inpaint up to N images of one padded size together, split over this "
+                              "process's JAX devices (data parallel); a failing batch is retried image by image "
+                              "(default: 1)")
     inpaint.add_argument("-q", "--quiet", action="store_true",
-                         help="no progress output; the summary only when something failed")
+                         help="no progress, failure or warning lines; the summary only when something failed")
+
+    hosts = inpaint.add_argument_group("several processes (jax.distributed)")
+    hosts.add_argument("--distributed", action="store_true",
+                       help="split the work over the processes of jax.distributed.initialize() (Cloud TPU, SLURM, "
+                            "Open MPI, ... are detected; elsewhere give the three options below)")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    hosts.add_argument("--num-processes", metavar="N", type=int, help="number of processes")
+    hosts.add_argument("--process-id", metavar="I", type=int, help="this process's index, 0 .. N-1")
 
     refine = inpaint.add_argument_group(
         "refinement (RefineConfig; ignored with --no-refine)",
@@ -195,396 +205,6 @@ def refine_config_from_args(args, model=None) -> RefineConfig:
 
 
 # --------------------------------------------------------------------------------------
-# Finding the work: items
-# --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Item:
-    """One image to inpaint. `mask` None: the shared mask. `problem`: known not processable."""
-
-    name: Path            # how reports name the item
-    image: Path | None
-    mask: Path | None
-    output: Path
-    problem: str | None = None
-
-
-def _names_by_lowercase(directory: Path, cache: dict) -> dict[str, list[str]]:
-    """{name.lower(): [names]} of a directory's entries (computed once per directory)."""
-    if directory not in cache:
-        index = {}
-        with contextlib.suppress(OSError):
-            for name in sorted(os.listdir(directory)):
-                index.setdefault(name.lower(), []).append(name)
-        cache[directory] = index
-    return cache[directory]
-
-
-def _inside(path: Path, directory: Path) -> bool:
-    return path == directory or directory in path.parents
-
-
-def lama_items(indir: Path, outdir: Path, suffixes) -> list[Item]:
-    """LaMa's layout: masks `*_mask*.png` under indir (recursively, sorted); see the epilog."""
-    out_resolved = outdir.resolve()
-    masks = []
-    for root, dirs, files in os.walk(indir):
-        root = Path(root)
-        # Never read our own outputs back as inputs when OUTDIR lies inside DIR.
-        # Hidden folders are skipped, as LaMa's glob does.
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (
-            out_resolved == indir.resolve() or not _inside((root / d).resolve(), out_resolved)))
-        masks += [root / f for f in files if "_mask" in f and f.lower().endswith(".png")
-                  and not f.startswith(".")]
-    masks.sort(key=lambda p: str(p))
-    items, listings = [], {}
-    for mask in masks:
-        base = mask.name.rsplit("_mask", 1)[0]
-        names = _names_by_lowercase(mask.parent, listings)
-        image = None
-        for suffix in suffixes:
-            found = [n for n in names.get((base + suffix).lower(), ()) if n.startswith(base)]
-            found.sort(key=lambda n: n[len(base):] != suffix)  # the exact case first
-            if found:
-                image = mask.parent / found[0]
-                break
-        output = outdir / mask.relative_to(indir).with_suffix(".png")
-        problem = None
-        if image is None:
-            tried = "|".join(suffixes)
-            problem = f"no image for this mask (looked for {mask.parent / base}{{{tried}}}, any case)"
-        items.append(Item(mask, image, mask, output, problem))
-    return items
-
-
-def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir()
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
-
-
-def folder_items(imagedir: Path, maskdir: Path | None, outdir: Path, keep_ext: bool,
-                 shared_mask: Path | None = None) -> list[Item]:
-    """IMAGEDIR MASKDIR (matched by stem) or IMAGEDIR + one shared MASK file."""
-    images = _image_files(imagedir)
-    if shared_mask is not None:
-        shared = shared_mask.resolve()
-        return [Item(image, image, None, outdir / (image.stem + (image.suffix if keep_ext else ".png")))
-                for image in images if image.resolve() != shared]
-    masks, items = _MaskIndex(maskdir), []
-    for image in images:
-        output = outdir / (image.stem + (image.suffix if keep_ext else ".png"))
-        mask, problem = masks.find(image)
-        items.append(Item(image, image, mask, output, problem))
-    # A file that is another image's mask (images and masks in one folder) is not an image.
-    used = {item.mask.resolve() for item in items if item.mask is not None}
-    return [item for item in items if item.image.resolve() not in used]
-
-
-class _MaskIndex:
-    """The *.png files of MASKDIR by stem (`<stem>.png`) and by prefix (`<stem>_mask*.png`)."""
-
-    def __init__(self, maskdir: Path):
-        self.maskdir = maskdir
-        self.by_stem, self.by_prefix = {}, {}
-        for path in sorted(maskdir.iterdir()):
-            if not path.name.lower().endswith(".png") or path.name.startswith(".") or not path.is_file():
-                continue
-            self.by_stem.setdefault(path.stem, []).append(path)
-            start = path.name.find("_mask")
-            while start >= 0:  # every '_mask' could end the stem of some image
-                self.by_prefix.setdefault(path.name[:start], []).append(path)
-                start = path.name.find("_mask", start + 1)
-
-    def find(self, image: Path) -> tuple[Path | None, str | None]:
-        """(mask, None) or (None, why not)."""
-        own = image.resolve()
-        exact = [p for p in self.by_stem.get(image.stem, ()) if p.resolve() != own]
-        if exact:
-            return exact[0], None
-        suffixed = [p for p in self.by_prefix.get(image.stem, ()) if p.resolve() != own]
-        if len(suffixed) == 1:
-            return suffixed[0], None
-        if suffixed:
-            return None, "several masks match: " + ", ".join(p.name for p in suffixed)
-        where = self.maskdir / image.stem
-        return None, f"no mask for this image (looked for {where}.png or {where}_mask*.png)"
-
-
-def _file_key(path: Path):
-    """(device, inode) of an existing file, else None: catches hard links and aliases."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def check_outputs(items: list[Item], overwrite: bool, extra_inputs=()) -> None:
-    """Refuse (UsageError) outputs that would overwrite an input; mark clashing or existing
-    outputs as item problems."""
-    inputs = set(extra_inputs)
-    for item in items:
-        inputs.update(p for p in (item.image, item.mask) if p is not None)
-    resolved = {os.path.normcase(p.resolve()): p for p in inputs}
-    keys = {k: p for p in inputs if (k := _file_key(p)) is not None}
-    clashes = []
-    for item in items:
-        target = os.path.normcase(item.output.resolve())
-        key = _file_key(item.output)
-        victim = resolved.get(target) or (keys.get(key) if key is not None else None)
-        if victim is not None:
-            clashes.append(f"{item.output} (output for {item.name}) is the input {victim}")
-    if clashes:
-        shown = "\n  ".join(clashes[:10]) + (f"\n  ... and {len(clashes) - 10} more" if len(clashes) > 10 else "")
-        raise UsageError(f"refusing to overwrite input files; choose another output:\n  {shown}")
-    first = {}
-    for item in items:
-        if item.problem is not None:
-            continue
-        target = os.path.normcase(item.output.resolve())
-        if target in first:
-            item.problem = f"{first[target].name} writes the same output {item.output}"
-        else:
-            first[target] = item
-            if not overwrite and os.path.lexists(item.output):
-                item.problem = f"output {item.output} exists (pass --overwrite to replace it)"
-
-
-# --------------------------------------------------------------------------------------
-# Reading and writing images
-# --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _reading(path: Path):
-    """Turns any problem while reading the image at `path` into an ItemError naming it."""
-    try:
-        yield
-    except FileNotFoundError:
-        raise ItemError(path, "no such file") from None
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for damaged files
-        raise ItemError(path, f"cannot read image: {e}") from None
-
-
-def open_image(path: Path):
-    """A fully read PIL image; any problem raises ItemError naming the file."""
-    from PIL import Image
-
-    with _reading(path), Image.open(path) as image:
-        image.load()
-    return image
-
-
-EXIF_ORIENTATION = 0x0112
-
-
-def upright_size(path: Path) -> tuple[int, int]:
-    """(h, w) of the image at `path` as `inpaint` sees it (EXIF orientation applied), read
-    from the file's header without decoding its pixels; ItemError on any problem."""
-    from PIL import Image
-
-    with _reading(path), Image.open(path) as image:
-        w, h = image.size
-        transposed = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # rotated by 90 or 270
-    return (w, h) if transposed else (h, w)
-
-
-def item_size(item: Item) -> tuple[int, int]:
-    """`upright_size` of an item's image; ItemError if the item has a problem."""
-    if item.problem is not None:
-        raise ItemError(item.name, item.problem)
-    return upright_size(item.image)
-
-
-def output_format(path: Path) -> str:
-    """PIL format name from the output's extension; UsageError if none can write it."""
-    from PIL import Image
-
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        raise UsageError(f"{path}: cannot tell an image format from the extension {path.suffix!r} "
-                         "(use .png, .jpg, .webp, .tif, ...)")
-    return fmt
-
-
-_UMASK = None
-
-
-def _umask() -> int:
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
-
-
-def save_atomic(image, path: Path, icc_profile: bytes | None = None) -> None:
-    """Write `image` to `path` via a temporary file in the same directory and os.replace."""
-    fmt = output_format(path)
-    params = {}
-    if icc_profile:
-        params["icc_profile"] = icc_profile
-    if fmt in ("JPEG", "WEBP"):
-        params["quality"] = 95
-        if fmt == "JPEG" and image.mode not in ("L", "RGB", "CMYK"):
-            image = image.convert("RGB")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt, **params)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-# --------------------------------------------------------------------------------------
-# Progress and reports
-# --------------------------------------------------------------------------------------
-
-
-def _use_bars() -> bool:
-    """Progress bars only on a terminal; logs get one line per item instead."""
-    return sys.stderr.isatty()
-
-
-class Reporter:
-    """Progress (tqdm bars on a terminal, else one line per item; nothing with --quiet),
-    failures, and the final summary."""
-
-    def __init__(self, total: int, *, quiet: bool, outer_bar: bool):
-        self.total, self.quiet = total, quiet
-        self.bars = not quiet and _use_bars()
-        self.done, self.failures = 0, []
-        self.outer = self.inner = None
-        self._scale = None  # (scale, last iteration, n_iters) of the refined scale in progress
-        if self.bars:
-            from tqdm.auto import tqdm
-
-            self._tqdm = tqdm
-            if outer_bar:
-                self.outer = tqdm(total=total, unit="img", desc="images", file=sys.stderr, dynamic_ncols=True)
-
-    def _write(self, line):
-        if self.bars:
-            self._tqdm.write(line, file=sys.stderr)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    def progress_callback(self):
-        """The `progress=` callable for one inpaint call (None without bars); the inner bar
-        over the refined iterations lives until `end_item`."""
-        if not self.bars:
-            return None
-
-        def callback(event):
-            if self.inner is None:
-                self.inner = self._tqdm(total=(event.n_scales - 1) * event.n_iters, unit="it", leave=False,
-                                        file=sys.stderr, dynamic_ncols=True,
-                                        position=1 if self.outer is not None else 0)
-            if event.iteration is None:
-                self._close_scale()
-                h, w = event.size
-                self.inner.set_description(f"scale {event.scale + 1}/{event.n_scales} {w}x{h}")
-            else:
-                self.inner.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
-                self.inner.update(1)
-                self._scale = (event.scale, event.iteration, event.n_iters)
-
-        return callback
-
-    def _close_scale(self):
-        """A scale that stopped early (RefineConfig.early_stop): say so and complete its part of the bar."""
-        if self._scale is not None and self._scale[1] < self._scale[2]:
-            scale, used, n_iters = self._scale
-            self._write(f"scale {scale + 1}: stopped early after {used} of {n_iters} iterations")
-            self.inner.update(n_iters - used)
-        self._scale = None
-
-    def end_item(self):
-        if self.inner is not None:
-            self._close_scale()
-            self.inner.close()
-            self.inner = None
-
-    def succeeded(self, item: Item, seconds: float):
-        self.done += 1
-        if self.outer is not None:
-            self.outer.update(1)
-        elif not self.quiet and not self.bars:
-            self._write(f"[{self.done + len(self.failures)}/{self.total}] {item.output} ({seconds:.1f} s)")
-
-    def failed(self, path, reason):
-        self.failures.append((path, reason))
-        if self.outer is not None:
-            self.outer.update(1)
-        self._write(f"failed: {path}: {reason}")
-
-    def close(self):
-        for bar in (self.inner, self.outer):
-            if bar is not None:
-                bar.close()
-        self.inner = self.outer = None
-
-    def report(self, item: Item, info):
-        """The refinement report of one image (stdout)."""
-        print(f"{item.output}: {format_report(info)}")
-
-    def summary(self):
-        if self.quiet and not self.failures:
-            return
-        print(f"{self.done} done, {len(self.failures)} failed")
-        for path, reason in self.failures:
-            print(f"  {path}: {reason}")
-
-
-def format_report(info) -> str:
-    """Multi-line text of an InpaintInfo: per scale its size, iterations, losses and time."""
-    if not info.refined:
-        return "plain prediction (no refinement)"
-    lines = [f"refined at {info.work_size[1]}x{info.work_size[0]}, {len(info.scales)} scale(s)"]
-    for index, scale in enumerate(info.scales):
-        head = f"  scale {index + 1}: {scale.size[1]}x{scale.size[0]}, {scale.seconds:.1f} s"
-        if not scale.refined:
-            lines.append(head + ", plain forward pass")
-            continue
-        curve = " ".join(f"{loss:.4f}" for loss in scale.losses.mean(axis=1))
-        lines.append(f"{head}, {scale.iterations} iterations, loss {curve}")
-    return "\n".join(lines)
-
-
-def report_plot(info, path: Path) -> None:
-    """Save the loss curve of every refined scale as a PNG (matplotlib, written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for index, scale in enumerate(info.scales):
-        if scale.refined:
-            ax.plot(range(1, scale.iterations + 1), scale.losses.mean(axis=1), marker="o",
-                    label=f"scale {index + 1} ({scale.size[1]}x{scale.size[0]}, {scale.seconds:.1f} s)")
-    ax.set_xlabel("forward pass")
-    ax.set_ylabel("refinement loss")
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-
-
-# --------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------
 
@@ -607,47 +227,6 @@ def run_convert(args) -> int:
     return EXIT_OK
 
 
-def _plan(args) -> tuple[list[Item], Path | None, str]:
-    """(items, shared mask file or None, mode) from the positional arguments."""
-    source, out = Path(args.input), Path(args.output)
-    mask = Path(args.mask) if args.mask is not None else None
-    for path in (source, mask):
-        if path is not None and not path.exists():
-            raise UsageError(f"{path}: no such file or directory")
-    if mask is None and not source.is_dir():
-        raise UsageError("one image needs its mask: jax-refine inpaint IMAGE MASK -o OUT")
-    if mask is not None and source.is_file() and mask.is_dir():
-        raise UsageError(f"{mask} is a folder but {source} is a file: give a mask file")
-    if args.image_suffixes and not (mask is None):
-        raise UsageError("--image-suffix applies to the DIR (LaMa layout) mode only")
-    if args.keep_ext and not (mask is not None and source.is_dir()):
-        raise UsageError("--keep-ext applies to the IMAGEDIR MASKDIR and IMAGEDIR MASK modes only")
-    if source.is_dir() and out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a folder")
-
-    if mask is None:
-        # LaMa's img_suffix is appended as given; a bare extension ("jpg") gets its dot.
-        suffixes = tuple("." + s if s.isalnum() else s for s in (args.image_suffixes or LAMA_IMAGE_SUFFIXES))
-        items, mode = lama_items(source, out, suffixes), "lama"
-        if not items:
-            raise UsageError(f"{source}: no masks (*_mask*.png) found")
-        return items, None, mode
-    if source.is_dir() and mask.is_dir():
-        items = folder_items(source, mask, out, args.keep_ext)
-        if not items:
-            raise UsageError(f"{source}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-        return items, None, "folders"
-    if source.is_dir():
-        items = folder_items(source, None, out, args.keep_ext, shared_mask=mask)
-        if not items:
-            raise UsageError(f"{source}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-        return items, mask, "shared-mask"
-    if out.is_dir():
-        out = out / (source.stem + ".png")
-    output_format(out)
-    return [Item(source, source, mask, out)], None, "single"
-
-
 def _load_model(path):
     from .api import resolve_model
     from ._torch_pickle import CheckpointError
@@ -662,154 +241,48 @@ def _load_model(path):
         raise UsageError(str(e)) from None
 
 
+def _job_settings(args) -> JobSettings:
+    """The JobSettings of the parsed options; invalid values raise UsageError naming the options."""
+    try:
+        return JobSettings(args.refine, refine_config_from_args(args), args.mask_threshold, args.batch_size,
+                           args.crop_margin, args.overwrite, args.skip_existing, args.report, args.report_plot)
+    except UsageError as e:
+        message = str(e)
+        for name in ("batch_size", "crop_margin", "mask_threshold", "overwrite", "skip_existing"):
+            message = message.replace(name, "--" + name.replace("_", "-"))
+        raise UsageError(message) from None
+
+
 def run_inpaint(args) -> int:
-    config = refine_config_from_args(args)
-    if args.crop_margin is not None and args.crop_margin < 0:
-        raise UsageError(f"--crop-margin must be >= 0, got {args.crop_margin}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.batch_size > 1 and args.crop_margin is not None:
-        raise UsageError("--crop-margin inpaints crops one by one: it cannot be combined with --batch-size")
-    items, shared_mask_path, mode = _plan(args)
-    if not args.dry_run:
-        check_outputs(items, args.overwrite, extra_inputs=[shared_mask_path] if shared_mask_path else [])
-    shared_mask = None
-    if shared_mask_path is not None:
-        try:
-            shared_mask = open_image(shared_mask_path)
-        except ItemError as e:
-            raise UsageError(str(e)) from None
+    settings = _job_settings(args)
+    if args.dry_run and args.distributed:
+        raise UsageError("--dry-run estimates on one process: drop --distributed")
+    if (args.coordinator or args.num_processes is not None or args.process_id is not None) and not args.distributed:
+        raise UsageError("--coordinator, --num-processes and --process-id need --distributed")
     if args.report_plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise UsageError("--report-plot needs matplotlib (pip install matplotlib)") from None
+    if args.distributed:  # before anything starts JAX
+        start_distributed(args.coordinator, args.num_processes, args.process_id)
+    items, shared_mask, mode = find_items(args.input, args.mask, args.output, args.image_suffixes, args.keep_ext)
     if args.compilation_cache:
         enable_compilation_cache(args.compilation_cache)
-    model = None
-    if any(item.problem is None for item in items):
-        model = _load_model(args.model)
-        config = refine_config_from_args(args, model)
-        if args.refine and config.modulo % model.config.modulo:
-            raise UsageError(f"--modulo {config.modulo} must be a multiple of the model's {model.config.modulo}")
-
+    model = _load_model(args.model) if any(item.problem is None for item in items) else None
+    if model is not None:  # unset refinement options take the model's recommended settings
+        settings = dataclasses.replace(settings, config=refine_config_from_args(args, model))
     if args.dry_run:
-        return dry_run(items, model, args.refine, config)
-    reporter = Reporter(len(items), quiet=args.quiet, outer_bar=mode != "single")
-    run = _ItemRunner(args, model, config, shared_mask, reporter)
-    try:
-        if args.batch_size == 1:
-            for item in items:
-                run.one(item)
-        else:
-            run.batched(items, args.batch_size)
-    finally:
-        reporter.close()
-    reporter.summary()
-    return EXIT_FAILED if reporter.failures else EXIT_OK
+        return dry_run(items, model, settings.refine, settings.config)
+    summary = run_items(items, model, settings, shared_mask=shared_mask, distributed=args.distributed,
+                        verbose=not args.quiet, report_folder=None if mode == "single" else Path(args.output),
+                        outer_bar=mode != "single")
+    if summary.process == 0 and (summary.failures or not args.quiet):
+        print(summary)
+    return EXIT_FAILED if summary.failures else EXIT_OK
 
 
-class _ItemRunner:
-    """Inpaints items one at a time or in batches of one `batch_key`, reporting each."""
-
-    def __init__(self, args, model, config: RefineConfig, shared_mask, reporter: Reporter):
-        self.args, self.model, self.config, self.shared_mask, self.reporter = args, model, config, shared_mask, reporter
-
-    def _open(self, item: Item):
-        if item.problem is not None:
-            raise ItemError(item.name, item.problem)
-        return open_image(item.image), self.shared_mask if item.mask is None else open_image(item.mask)
-
-    def one(self, item: Item, opened=None) -> None:
-        from .api import inpaint
-
-        start = time.perf_counter()
-        try:
-            image, mask = opened or self._open(item)
-            try:
-                result, info = inpaint(image, mask, self.model, refine=self.args.refine, config=self.config,
-                                       progress=self.reporter.progress_callback(), return_info=True,
-                                       crop_margin=self.args.crop_margin)
-            except ValueError as e:  # size mismatch, unsupported image kind
-                raise ItemError(item.image, str(e)) from None
-            except Exception as e:  # e.g. out of memory on a huge image: skip it, go on
-                raise ItemError(item.image, f"inpainting failed: {type(e).__name__}: {e}") from None
-        except ItemError as e:
-            self.reporter.end_item()
-            self.reporter.failed(e.path, e.reason)
-            return
-        self._finish(item, image, result, info, time.perf_counter() - start)
-
-    def batched(self, items: list[Item], batch_size: int) -> None:
-        """Group the items by `batch_key` (the same padded size; refined, at every pyramid
-        level) from their files' headers, then open and run one batch of batch_size at a time,
-        data-parallel over all devices, so one batch of images is in memory at a time; a batch
-        that fails is retried image by image, so one bad image fails alone."""
-        from .api import batch_key
-
-        buckets: dict[tuple, list[Item]] = {}
-        for item in items:
-            try:
-                size = item_size(item)
-            except ItemError as e:
-                self.reporter.failed(e.path, e.reason)
-                continue
-            buckets.setdefault(batch_key(size, self.args.refine, self.model, self.config), []).append(item)
-        for bucket in buckets.values():
-            for start in range(0, len(bucket), batch_size):
-                opened = []
-                for item in bucket[start:start + batch_size]:
-                    try:
-                        opened.append((item, *self._open(item)))
-                    except ItemError as e:
-                        self.reporter.failed(e.path, e.reason)
-                if opened:
-                    self._run_batch(opened)
-
-    def _run_batch(self, bucket) -> None:
-        from .api import inpaint_batch
-
-        start = time.perf_counter()
-        try:
-            results, infos = inpaint_batch([image for _, image, _ in bucket], [mask for *_, mask in bucket],
-                                           self.model, refine=self.args.refine, config=self.config,
-                                           batch_size=len(bucket), progress=self.reporter.progress_callback(),
-                                           return_info=True)
-        except Exception:  # noqa: BLE001 - find the culprit image by image
-            self.reporter.end_item()
-            for item, image, mask in bucket:
-                self.one(item, (image, mask))
-            return
-        seconds = (time.perf_counter() - start) / len(bucket)
-        for (item, image, _), result, info in zip(bucket, results, infos):
-            self._finish(item, image, result, info, seconds)
-
-    def _finish(self, item: Item, image, result, info, seconds: float) -> None:
-        """Write one result atomically and report it."""
-        args, reporter = self.args, self.reporter
-        try:
-            try:
-                save_atomic(result, item.output, image.info.get("icc_profile"))
-            except UsageError as e:  # no writer for this extension (--keep-ext)
-                raise ItemError(item.output, str(e).split(": ", 1)[-1]) from None
-            except (OSError, ValueError, KeyError) as e:
-                raise ItemError(item.output, f"cannot write: {e}") from None
-        except ItemError as e:
-            reporter.end_item()
-            reporter.failed(e.path, e.reason)
-            return
-        reporter.end_item()
-        reporter.succeeded(item, seconds)
-        if args.report:
-            reporter.report(item, info)
-        if args.report_plot and info.scales:
-            try:
-                report_plot(info, item.output.with_name(item.output.name + ".report.png"))
-            except OSError as e:
-                reporter.failed(item.output, f"cannot write the report plot: {e}")
-
-
-def dry_run(items: list[Item], model, refine: bool, config: RefineConfig) -> int:
+def dry_run(items, model, refine: bool, config: RefineConfig) -> int:
     """Print the expected peak memory of every item (one compilation per distinct size)."""
     from .api import estimate
 

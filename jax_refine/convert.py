@@ -623,6 +623,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 def load(path: str | os.PathLike) -> Lama:
     """Load a jax-refine checkpoint directory as a ready (inference-mode) Lama model."""
+    import jax
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
@@ -632,7 +633,12 @@ def load(path: str | os.PathLike) -> Lama:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid config in {METADATA_FILE}: {e}") from None
     try:
-        tree = ocp.StandardCheckpointer().restore(path / "params")
+        # as numpy arrays, not jax.Arrays placed as when saved: then every process of a
+        # jax.distributed job restores its own copy (orbax refuses the saved topology there)
+        checkpointer = ocp.PyTreeCheckpointer()
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                checkpointer.metadata(path / "params").item_metadata.tree)
+        tree = checkpointer.restore(path / "params", args=ocp.args.PyTreeRestore(restore_args=as_numpy))
     except Exception as e:  # orbax/tensorstore raise many types for damaged files
         raise CheckpointError(f"{path}: could not read params: {e}") from None
     stored = {}

@@ -32,7 +32,8 @@ class RefineConfig:
         gives the result).
       lr: Adam learning rate (betas 0.9/0.999, eps 1e-8, fresh state per scale).
       min_side, max_scales: number of scales = min(1 + round(log2(min(h, w) / min_side)),
-        max_scales), at least 1. With one scale, refinement is a plain forward pass.
+        max_scales), at least 1, and fewer where a tiny image cannot be blurred down that
+        often (`scale_sizes`). With one scale, refinement is a plain forward pass.
       scale_schedule: how the scales are spaced. "halving" (the original): each scale is half
         the next, so the coarsest one's short side is within a factor sqrt(2) of min_side (or
         larger when max_scales caps the count). "adaptive": the same number of scales, the
@@ -126,18 +127,37 @@ def model_defaults(model: Lama) -> RefineConfig:
 
 
 def budget_size(h: int, w: int, px_budget: int) -> tuple[int, int]:
-    """Size refinement works at: (h, w) scaled down (floor) to at most px_budget pixels."""
+    """Size refinement works at: (h, w) scaled down (floor) to at most px_budget pixels. No side
+    goes below 1 px: a side that would round to 0 stays 1 and the other gets the whole budget
+    (1 x 64 with a budget of 32 works at 1 x 32)."""
     if h * w <= px_budget:
         return h, w
     ratio = math.sqrt(px_budget / (h * w))
-    return int(h * ratio), int(w * ratio)
+    bh, bw = int(h * ratio), int(w * ratio)
+    if bh == 0:
+        return 1, px_budget
+    if bw == 0:
+        return px_budget, 1
+    return bh, bw
 
 
 def scale_sizes(h: int, w: int, config: RefineConfig) -> list[tuple[int, int]]:
-    """Pyramid sizes from coarsest to finest for an image already within px_budget."""
+    """Pyramid sizes from coarsest to finest for an image already within px_budget: as many
+    scales as config asks for, fewer when a tiny image cannot be blurred down that often
+    (every scale but the coarsest must be larger than its blur's radius, ceil(2 sigma): 3 px
+    for halving; every scale at least 1 px per side)."""
     octaves = max(0.0, float(np.log2(min(h, w) / config.min_side)))
     n = min(1 + int(round(octaves)), config.max_scales)
-    if config.scale_schedule == "halving":
+    sizes = _pyramid_sizes(h, w, n, octaves, config.scale_schedule)
+    while n > 1 and not _can_pyr_down(sizes, config.scale_schedule):
+        n -= 1
+        sizes = _pyramid_sizes(h, w, n, octaves, config.scale_schedule)
+    return sizes
+
+
+def _pyramid_sizes(h: int, w: int, n: int, octaves: float, schedule: str) -> list[tuple[int, int]]:
+    """n sizes from coarsest to finest (see RefineConfig.scale_schedule)."""
+    if schedule == "halving":
         sizes = [(h, w)]
         for _ in range(n - 1):
             sizes.append((sizes[-1][0] // 2, sizes[-1][1] // 2))
@@ -147,6 +167,22 @@ def scale_sizes(h: int, w: int, config: RefineConfig) -> list[tuple[int, int]]:
     position = np.concatenate([[0.0], np.cumsum(steps)]) / max(steps.sum(), 1.0)
     factors = 2.0 ** (octaves * (position - 1.0))  # of the full size; 1 for the last
     return [(max(1, round(h * f)), max(1, round(w * f))) for f in factors[:-1]] + [(h, w)]
+
+
+def _down_sigmas(sizes: list[tuple[int, int]], schedule: str) -> list[float]:
+    """Per scale, coarsest first, the blur sigma of the step down to the previous scale:
+    LaMa's 1 for halving, half the step's factor for adaptive (1 for the coarsest)."""
+    if schedule == "halving":
+        return [1.0] * len(sizes)
+    return [1.0] + [min(finer) / min(coarser) / 2 for coarser, finer in zip(sizes, sizes[1:])]
+
+
+def _can_pyr_down(sizes: list[tuple[int, int]], schedule: str) -> bool:
+    """Whether every scale is at least 1 px per side and every scale but the coarsest has
+    more pixels per side than its blur's radius."""
+    sigmas = _down_sigmas(sizes, schedule)
+    return min(min(size) for size in sizes) >= 1 and all(
+        min(size) > math.ceil(2 * sigma) for size, sigma in zip(sizes[1:], sigmas[1:]))
 
 
 class ScalePlan(NamedTuple):
@@ -165,12 +201,8 @@ def plan_scales(h: int, w: int, config: RefineConfig, model_modulo: int | None =
     if model_modulo is not None and (model_modulo > config.modulo or config.modulo % model_modulo):
         raise ValueError(f"RefineConfig.modulo={config.modulo} must be a multiple of the model's {model_modulo}")
     sizes = scale_sizes(*budget_size(h, w, config.px_budget), config)
-    plan = []
-    for index, (sh, sw) in enumerate(sizes):
-        # halving: LaMa's sigma 1; adaptive: half the step's factor
-        sigma = 1.0 if config.scale_schedule == "halving" or index == 0 else min(sh, sw) / min(sizes[index - 1]) / 2
-        plan.append(ScalePlan((sh, sw), (padded(sh, config.modulo), padded(sw, config.modulo)), index > 0, sigma))
-    return plan
+    return [ScalePlan((sh, sw), (padded(sh, config.modulo), padded(sw, config.modulo)), index > 0, sigma)
+            for index, ((sh, sw), sigma) in enumerate(zip(sizes, _down_sigmas(sizes, config.scale_schedule)))]
 
 
 def reference_frame(padded_size: tuple[int, int], previous_size: tuple[int, int], modulo: int) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 import jax_refine
-from jax_refine import cli
+from jax_refine import cli, files, jobs
 
 from conftest import GOLDEN
 
@@ -78,7 +79,7 @@ def test_single_image(tmp_path, tiny_checkpoint, pairs, capsys):
 
 
 def test_refine_with_progress_bars(tmp_path, tiny_checkpoint, pairs, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_use_bars", lambda: True)
+    monkeypatch.setattr(jobs, "_use_bars", lambda: True)
     image, mask = pairs["chelsea"]
     image.save(tmp_path / "cat.png")
     mask.save(tmp_path / "cat_mask.png")
@@ -123,10 +124,8 @@ def test_lama_folder_with_bad_items(tmp_path, tiny_checkpoint, pairs, capsys):
     assert "1 done, 4 failed" in capsys.readouterr().out
 
 
-def test_batches_are_grouped_from_headers_and_opened_one_batch_at_a_time(tmp_path, tiny_checkpoint, pairs,
-                                                                           monkeypatch):
-    """--batch-size reads only the files' headers to group (EXIF orientation applied), then
-    opens the images of one batch at a time: a folder of many sizes is never all in memory."""
+def test_batches_are_grouped_from_headers(tmp_path, tiny_checkpoint, pairs, monkeypatch):
+    """--batch-size groups the items by their files' headers (EXIF orientation applied)."""
     data = tmp_path / "data"
     data.mkdir()
     small = [x.crop((0, 0, 64, 48)) for x in pairs["coffee"]]  # another padded size than SIZE
@@ -134,19 +133,46 @@ def test_batches_are_grouped_from_headers_and_opened_one_batch_at_a_time(tmp_pat
         image.save(data / f"{name}.png")
         mask.save(data / f"{name}_mask.png")
     exif = Image.Exif()
-    exif[cli.EXIF_ORIENTATION] = 6  # stored turned by 90 degrees: upright, it is b
+    exif[files.EXIF_ORIENTATION] = 6  # stored turned by 90 degrees: upright, it is b
     pairs["chelsea"][0].transpose(Image.Transpose.ROTATE_90).save(data / "e.png", exif=exif)
     pairs["chelsea"][1].save(data / "e_mask.png")
-    assert cli.upright_size(data / "e.png") == (SIZE[1], SIZE[0])
-    events = []
-    open_image, run_batch = cli.open_image, cli._ItemRunner._run_batch
-    monkeypatch.setattr(cli, "open_image", lambda path: events.append(path.stem) or open_image(path))
-    monkeypatch.setattr(cli._ItemRunner, "_run_batch",
-                        lambda self, bucket: events.append("run") or run_batch(self, bucket))
+    assert files.upright_size(data / "e.png") == (SIZE[1], SIZE[0])
+    runs = []
+    compute = jobs._Runner.compute
+    monkeypatch.setattr(jobs._Runner, "compute",
+                        lambda self, opened: runs.append([item.image.stem for item, *_ in opened]) or
+                        compute(self, opened))
     out = tmp_path / "out"
     assert run("inpaint", data, "-o", out, "--batch-size", 2, *inpaint_args(tiny_checkpoint, "--no-refine")) == 0
-    assert events == ["a", "a_mask", "c", "c_mask", "run", "b", "b_mask", "d", "d_mask", "run", "e", "e_mask", "run"]
+    assert runs == [["a", "c"], ["b", "d"], ["e"]]
     assert np.array_equal(pixels(out / "e_mask.png"), pixels(out / "b_mask.png"))  # e is b, stored turned
+
+
+def test_pipeline_holds_a_bounded_number_of_images(tmp_path, tiny_checkpoint, pairs, monkeypatch):
+    """Images are decoded ahead and written behind on worker threads, but at most
+    PREFETCH + WRITE_BEHIND + 2 batches are in memory at any time."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for index in range(12):
+        pairs["coffee"][0].save(data / f"p{index:02d}.png")
+        pairs["coffee"][1].save(data / f"p{index:02d}_mask.png")
+    live, seen = set(), []
+    open_image = jobs.open_image
+
+    def counted(path, what="image"):
+        image = open_image(path, what)
+        if what == "image":
+            live.add(id(image))
+            weakref.finalize(image, live.discard, id(image))
+        return image
+
+    compute = jobs._Runner.compute
+    monkeypatch.setattr(jobs, "open_image", counted)
+    monkeypatch.setattr(jobs._Runner, "compute", lambda self, opened: seen.append(len(live)) or compute(self, opened))
+    assert run("inpaint", data, "-o", tmp_path / "out", "-q", *inpaint_args(tiny_checkpoint, "--no-refine")) == 0
+    assert len(seen) == 12 and len(list((tmp_path / "out").iterdir())) == 12
+    assert max(seen) <= jobs.PREFETCH + jobs.WRITE_BEHIND + 2 < 12
+    assert max(seen) >= 2  # decoding ran ahead of the devices
 
 
 def test_batches_equal_single_images_and_a_bad_item_fails_alone(tmp_path, tiny_checkpoint, pairs, capsys):
@@ -248,7 +274,7 @@ def test_never_overwrites_inputs_or_existing_outputs(tmp_path, tiny_checkpoint, 
     out.write_bytes(b"keep me")
     assert run("inpaint", tmp_path / "a.png", tmp_path / "a_mask.png", "-o", out,
                *inpaint_args(tiny_checkpoint, "--no-refine")) == 1
-    assert "exists (pass --overwrite to replace it)" in capsys.readouterr().out
+    assert "exists (pass --skip-existing to keep it or --overwrite to replace it)" in capsys.readouterr().out
     assert out.read_bytes() == b"keep me"
     assert run("inpaint", tmp_path / "a.png", tmp_path / "a_mask.png", "-o", out, "--overwrite",
                *inpaint_args(tiny_checkpoint, "--no-refine")) == 0

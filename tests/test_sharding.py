@@ -94,7 +94,8 @@ def test_data_parallel_equals_single_device(tiny_checkpoint):
 
 
 def test_multihost_example_runs_on_one_host(tmp_path, tiny_checkpoint):
-    """examples/multihost.py with one process and 4 local devices writes every result."""
+    """examples/multihost.py with one process and 4 local devices writes every result, one
+    per mask (LaMa's names: an image with two masks gives two outputs)."""
     from PIL import Image
 
     from conftest import GOLDEN
@@ -102,18 +103,23 @@ def test_multihost_example_runs_on_one_host(tmp_path, tiny_checkpoint):
     root = Path(__file__).resolve().parents[1]
     (tmp_path / "in").mkdir()
     for name in ("coffee_300x400", "chelsea_240x296"):
-        for suffix in ("", "_mask"):
-            Image.open(GOLDEN / f"{name}{suffix}.png").save(tmp_path / "in" / f"{name}{suffix}.png")
+        Image.open(GOLDEN / f"{name}.png").save(tmp_path / "in" / f"{name}.png")
+        mask = Image.open(GOLDEN / f"{name}_mask.png")
+        mask.save(tmp_path / "in" / f"{name}_mask001.png")
+        mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "in" / f"{name}_mask002.png")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
                PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, str(root / "examples" / "multihost.py"), str(tmp_path / "in"),
-                           str(tmp_path / "out"), "--model", str(tiny_checkpoint)], env=env,
+                           str(tmp_path / "out"), "--model", str(tiny_checkpoint), "--batch-size", "4"], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "process 0/1: 2 images on 4 devices" in done.stdout
+    assert "4 done, 0 failed" in done.stdout
+    outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert outputs == [f"{name}_mask00{k}.png" for name in ("chelsea_240x296", "coffee_300x400") for k in (1, 2)]
     for name in ("coffee_300x400", "chelsea_240x296"):
-        out = np.asarray(Image.open(tmp_path / "out" / f"{name}.png"))
         image = np.asarray(Image.open(GOLDEN / f"{name}.png").convert("RGB"))
         hole = np.asarray(Image.open(GOLDEN / f"{name}_mask.png").convert("L")) > 0
-        assert out.shape == image.shape and np.array_equal(out[~hole], image[~hole])
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["chelsea_240x296.png", "coffee_300x400.png"]
+        first, second = (np.asarray(Image.open(tmp_path / "out" / f"{name}_mask00{k}.png")) for k in (1, 2))
+        assert np.array_equal(first[~hole], image[~hole]) and np.array_equal(second[~hole[:, ::-1]],
+                                                                             image[~hole[:, ::-1]])
+        assert not np.array_equal(first, second)
