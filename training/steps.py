@@ -8,6 +8,9 @@ Losses (weights in TrainConfig.w_*):
   * L1 on the hole and on the known pixels: the hole term is what matters; the known term
     keeps the generator's pass-through honest, which refinement relies on (its loss compares
     the output with the known pixels).
+  * Mean squared error on the hole: what PSNR measures. A residual model trained with L1 alone
+    stays at its prior (L1's optimum is the residual's median, ~0 where the sign of the
+    correction is uncertain); the squared error rewards the conditional mean.
   * Image-gradient L1 on the composite: first differences along x and y, normalised by the
     hole area; punishes the flat, smeared fill plain L1 converges to.
   * Spectral L1 between log(1 + |rfft2|) of composite and target: the missing high-frequency
@@ -51,6 +54,7 @@ class TrainConfig:
     schedule_minutes: float | None = None
     steps: int | None = None
     w_hole: float = 1.0
+    w_mse: float = 0.0
     w_known: float = 0.25
     w_grad: float = 1.0
     w_fft: float = 0.1
@@ -94,6 +98,7 @@ def reconstruction_losses(pred, image, mask):
     losses = {
         "l1_hole": jnp.sum(err * mask) / hole_px,
         "l1_known": jnp.sum(err * known) / jnp.maximum(jnp.sum(known) * 3, 1.0),
+        "mse_hole": jnp.sum(err**2 * mask) / hole_px,
     }
     dx = jnp.abs((comp[:, :, 1:] - comp[:, :, :-1]) - (image[:, :, 1:] - image[:, :, :-1]))
     dy = jnp.abs((comp[:, 1:] - comp[:, :-1]) - (image[:, 1:] - image[:, :-1]))
@@ -156,7 +161,7 @@ def make_train_step(g_graphdef, d_graphdef, cfg: TrainConfig):
         model = nnx.merge(g_graphdef, g_params, jax.tree.map(lambda a: a, g_stats))
         pred = model(model_input(model.config, image, mask))
         losses, comp = reconstruction_losses(pred, image, mask)
-        total = (cfg.w_hole * losses["l1_hole"] + cfg.w_known * losses["l1_known"]
+        total = (cfg.w_hole * losses["l1_hole"] + cfg.w_mse * losses["mse_hole"] + cfg.w_known * losses["l1_known"]
                  + cfg.w_grad * losses["grad"] + cfg.w_fft * losses["fft"])
         if cfg.w_adv:
             logits = nnx.merge(d_graphdef, d_params)(comp)
