@@ -14,7 +14,6 @@ from . import _platform
 _platform.configure_xla()
 
 from .api import InpaintInfo as InpaintInfo
-from .api import LargeHoleWarning as LargeHoleWarning
 from .api import Progress as Progress
 from .api import default_model as default_model
 from .api import enable_compilation_cache as enable_compilation_cache
@@ -23,10 +22,11 @@ from .api import inpaint as inpaint
 from .api import inpaint_batch as inpaint_batch
 from .api import load as load
 from .convert import convert as convert
+from .images import LargeHoleWarning as LargeHoleWarning
 from .jobs import JobSummary as JobSummary
 from .jobs import inpaint_files as inpaint_files
-from .convert import save as save
-from ._torch_pickle import CheckpointError as CheckpointError
+from .checkpoint import save as save
+from .checkpoint import CheckpointError as CheckpointError
 from ._torch_pickle import UnsafePickleError as UnsafePickleError
 from .model import BIG_LAMA as BIG_LAMA
 from .model import TINY_LAMA as TINY_LAMA

@@ -52,7 +52,10 @@ _INT_HASH_LIMIT = (1 << 61) - 1  # ints beyond it share hashes (hash(i) = i mod 
 
 
 class CheckpointError(ValueError):
-    """Any problem with a checkpoint file; the message names the file and the problem."""
+    """Any problem with a checkpoint file; the message names the file and the problem.
+
+    Defined here, in the reader that depends on nothing but numpy, and public as
+    `jax_refine.CheckpointError` (`checkpoint`)."""
 
 
 class UnsafePickleError(CheckpointError):

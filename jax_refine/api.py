@@ -1,4 +1,4 @@
-"""The public entry point: `inpaint(image, mask)`, plus input/output conversion.
+"""The public entry points: `inpaint(image, mask)`, `inpaint_batch`, `estimate`, and models.
 
 Conventions (LaMa's): a mask pixel that is nonzero is a hole; the result keeps every known
 pixel of the input and fills the holes.
@@ -9,18 +9,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from . import plan, pyramid
 from . import refine as refine_lib
-from . import convert as convert_lib
+from . import checkpoint
 from . import hub
 from .crop import hole_regions
+from .images import Source, check_hole, from_array, hole_map, source_of
 from .model import Lama
 from .memory import MemoryEstimate, estimate_memory
 from .plan import RefineConfig, model_defaults
@@ -31,210 +30,6 @@ from .refine import ScaleInfo
 _BUNDLED_CANDIDATES = (Path(__file__).parent / "weights" / "default",
                        Path(__file__).parent.parent / "weights" / "default")
 BUNDLED_WEIGHTS = next((p for p in _BUNDLED_CANDIDATES if (p / "jax_refine.json").is_file()), _BUNDLED_CANDIDATES[0])
-
-
-# --------------------------------------------------------------------------------------
-# Images and masks in, images out
-# --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Image:
-    """An input image as float32 (H, W, 3) in [0, 1], and how to give a result back in the
-    caller's kind."""
-
-    rgb: np.ndarray
-    # (result float (h, w, 3), hole bool (h, w), base float (h, w, C) in [0, 1] or None for
-    # the input itself) -> the caller's kind, known pixels taken from base
-    restore: Callable[..., Any]
-    channels: np.ndarray  # float32 (H, W, C) in [0, 1], all input channels (alpha included)
-
-
-def _image_from_array(a: np.ndarray) -> _Image:
-    """H x W (grey), H x W x 1, x 2 (grey + alpha), x 3 (RGB) or x 4 (RGBA); uint8, uint16 or
-    float in [0, 1]. Alpha is kept as it is; grey results are the fill's luma."""
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 2, 3, 4)):
-        raise ValueError(f"image must be H x W x 3 (or H x W, H x W x 1, x 2, x 4), got shape {a.shape}")
-    if a.size == 0:
-        raise ValueError(f"image is empty (shape {a.shape})")
-    if a.dtype.kind == "u" and a.dtype.itemsize <= 2:
-        scale = float(np.iinfo(a.dtype).max)
-    elif a.dtype.kind == "f":
-        if not np.all(np.isfinite(a)):
-            raise ValueError("image contains NaN or infinite values")
-        low, high = float(a.min()), float(a.max())
-        if low < 0 or high > 1:
-            raise ValueError(f"a float image must have values in [0, 1], got [{low:.4g}, {high:.4g}] "
-                             "(pass uint8 images as uint8, or divide by 255)")
-        scale = None
-    else:
-        raise ValueError(f"unsupported image dtype {a.dtype}: use uint8, uint16 or float in [0, 1]")
-    out_dtype = np.float32 if scale is None else a.dtype
-    channels = a.reshape(a.shape[0], a.shape[1], -1)  # (H, W, 1 | 2 | 3 | 4)
-    gray = channels.shape[2] <= 2
-    as_float = channels.astype(np.float32) / (scale or 1.0)
-    rgb = np.repeat(as_float[:, :, :1], 3, axis=2) if gray else as_float[:, :, :3]
-
-    def to_out_dtype(x):
-        return x.astype(np.float32) if scale is None else np.clip(np.rint(x * scale), 0, scale).astype(out_dtype)
-
-    def restore(result, hole, base=None):
-        out = channels.astype(out_dtype, copy=True) if base is None else to_out_dtype(base)
-        filled = to_out_dtype(_luma(result)[..., None] if gray else result)
-        out[:, :, : filled.shape[2]] = np.where(hole[..., None], filled, out[:, :, : filled.shape[2]])
-        return out.reshape(out.shape[:2] + a.shape[2:])
-
-    return _Image(rgb, restore, as_float)
-
-
-def _luma(rgb):
-    """ITU-R 601 luma, as PIL's RGB -> L conversion."""
-    return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
-
-
-# PIL modes by how they are read. Colour spaces other than RGB are inpainted in RGB (PIL's
-# conversion) and the fill is converted back, so known pixels keep their exact values.
-_GREY_16 = ("I;16", "I;16B", "I;16L", "I;16N")
-_WITH_ALPHA = ("LA", "La", "RGBA", "RGBa", "PA")
-_COLOUR_SPACES = ("CMYK", "YCbCr", "HSV", "LAB")
-
-
-def _has_alpha(img) -> bool:
-    return img.mode in _WITH_ALPHA or (img.mode == "P" and "transparency" in img.info)
-
-
-def _image_from_pil(img) -> _Image:
-    """Every PIL mode: 1/L -> L; LA/La -> LA; P/PA -> RGB or RGBA; RGB/RGBX -> RGB;
-    RGBA/RGBa -> RGBA; CMYK/YCbCr/HSV/LAB -> the same mode (RGB for LAB, which PIL cannot
-    convert to); 16-bit grey (I;16, I;16B, I;16L, I;16N) -> I;16; I (values 0..65535) -> I;
-    F (values in [0, 1]) -> F; any other mode PIL converts to RGB -> RGB."""
-    from PIL import Image, ImageOps
-
-    img = ImageOps.exif_transpose(img)  # the user sees (and draws masks on) the upright image
-    mode = img.mode
-    if mode in _GREY_16:
-        inner = _image_from_array(np.asarray(img).astype(np.uint16))
-        return _Image(inner.rgb, lambda *args: Image.fromarray(inner.restore(*args)), inner.channels)
-    if mode == "I":
-        inner = _image_from_array(_as_uint16(np.asarray(img), "a 32-bit integer (mode I) image"))
-        return _Image(inner.rgb, lambda *args: Image.fromarray(inner.restore(*args).astype(np.int32)),
-                      inner.channels)
-    if mode == "F":
-        inner = _image_from_array(np.asarray(img, np.float32))
-        return _Image(inner.rgb, lambda *args: Image.fromarray(inner.restore(*args)), inner.channels)
-    if mode in ("1", "L"):
-        target = "L"
-    elif mode in ("LA", "La"):
-        target = "LA"
-    elif _has_alpha(img):
-        target = "RGBA"
-    else:
-        target = "RGB"
-    try:
-        inner = _image_from_array(np.asarray(img.convert(target)))
-    except (ValueError, OSError) as e:  # PIL: no conversion from this mode
-        raise ValueError(f"unsupported image mode {mode}: {e}") from None
-    if mode not in _COLOUR_SPACES or mode == "LAB":
-        return _Image(inner.rgb, lambda *args: Image.fromarray(inner.restore(*args)), inner.channels)
-    original = np.asarray(img)
-
-    def restore(result, hole, base=None):
-        filled = np.asarray(Image.fromarray(inner.restore(result, hole, base)).convert(mode))
-        out = filled if base is not None else np.where(hole[..., None], filled, original)
-        return Image.frombytes(mode, (out.shape[1], out.shape[0]), np.ascontiguousarray(out).tobytes())
-
-    return _Image(inner.rgb, restore, inner.channels)
-
-
-def _as_uint16(a: np.ndarray, what: str) -> np.ndarray:
-    """An integer array with values in 0..65535 as uint16; ValueError naming `what` otherwise."""
-    low, high = int(a.min()), int(a.max())
-    if low < 0 or high > 65535:
-        raise ValueError(f"{what} must have values in 0..65535 (16 bits), got {low}..{high}")
-    return a.astype(np.uint16)
-
-
-MAX_HOLE_FRACTION = 0.5  # LaMa is trained on holes of up to about half the image
-
-
-class LargeHoleWarning(UserWarning):
-    """The mask makes more than MAX_HOLE_FRACTION of the image a hole (inverted or lossy mask?)."""
-
-
-def _mask_array(mask) -> np.ndarray:
-    """A PIL mask as the array `_hole` reads: 8-bit modes as grey (PIL's L conversion, the
-    luma LaMa reads masks as), with alpha as grey + alpha (H, W, 2); 16-bit as uint16; F as
-    float32."""
-    from PIL import ImageOps
-
-    mask = ImageOps.exif_transpose(mask)
-    if mask.mode in _GREY_16:
-        return np.asarray(mask).astype(np.uint16)
-    if mask.mode == "I":
-        return _as_uint16(np.asarray(mask), "a 32-bit integer (mode I) mask")
-    if mask.mode == "F":
-        return np.asarray(mask, np.float32)
-    try:
-        return np.asarray(mask.convert("LA" if _has_alpha(mask) else "L"))
-    except (ValueError, OSError) as e:
-        raise ValueError(f"unsupported mask mode {mask.mode}: {e}") from None
-
-
-def _full_scale(dtype: np.dtype) -> float:
-    """The value of a fully set mask pixel: 255 for uint8, 65535 for uint16, else 1."""
-    return float(np.iinfo(dtype).max) if dtype in (np.uint8, np.uint16) else 1.0
-
-
-def check_mask_threshold(threshold) -> None:
-    """ValueError unless `threshold` is a number in [0, 1)."""
-    if not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold < 1):
-        raise ValueError(f"mask_threshold must be a number in [0, 1), got {threshold!r}")
-
-
-def _hole(mask, shape, threshold: float = 0.0) -> np.ndarray:
-    """Boolean (H, W) hole map of a mask (PIL image or array; see `inpaint`).
-
-    A pixel's value is its grey level (luma for colour); when the mask has an alpha channel
-    that is not fully opaque everywhere, the alpha channel instead. A hole is a value above
-    threshold * full scale (`_full_scale`; threshold 0: LaMa's nonzero rule).
-    """
-    check_mask_threshold(threshold)
-    if _is_pil(mask):
-        mask = _mask_array(mask)
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[2] in (1, 2, 3, 4):
-        colour, alpha = np.split(mask, [1 if mask.shape[2] <= 2 else 3], axis=2)
-    elif mask.ndim == 2:
-        colour, alpha = mask[..., None], mask[..., :0]
-    else:
-        raise ValueError(f"mask must be H x W (or H x W x 1, x 2, x 3, x 4), got shape {mask.shape}")
-    if mask.dtype.kind not in "biuf":
-        raise ValueError(f"unsupported mask dtype {mask.dtype}")
-    if alpha.size and mask.dtype not in (np.bool_, np.uint8, np.uint16) and mask.dtype.kind != "f":
-        raise ValueError(f"a mask with an alpha channel must be bool, uint8, uint16 or float, got {mask.dtype}")
-    if mask.dtype.kind == "f" and not np.all(np.isfinite(mask)):
-        raise ValueError("mask contains NaN or infinite values")
-    if mask.shape[:2] != tuple(shape):
-        raise ValueError(f"mask size {mask.shape[1]}x{mask.shape[0]} (WxH) does not match the image size "
-                         f"{shape[1]}x{shape[0]}")
-    full = _full_scale(mask.dtype)
-    if alpha.size and not np.all(alpha == full):
-        value = alpha[..., 0]
-    elif colour.shape[2] == 3:
-        value = _luma(colour.astype(np.float32))
-    else:
-        value = colour[..., 0]
-    return value > threshold * full
-
-
-def _check_hole(hole: np.ndarray, what: str = "") -> float:
-    """The hole's share of the image; a LargeHoleWarning when it exceeds MAX_HOLE_FRACTION."""
-    fraction = float(hole.mean())
-    if fraction > MAX_HOLE_FRACTION:
-        warnings.warn(f"{what}the hole covers {100 * fraction:.1f} % of the image (LaMa fills holes of up to about "
-                      "half the image): is the mask inverted, or grey or lossy (see mask_threshold)?",
-                      LargeHoleWarning, stacklevel=3)
-    return fraction
 
 
 # --------------------------------------------------------------------------------------
@@ -252,7 +47,7 @@ def load(model: str | os.PathLike | None = None) -> Lama:
     ("big-lama": downloaded, verified, converted and cached on first use, see
     `jax_refine.hub`), or the path of a converted checkpoint directory (a path that exists
     wins over a name)."""
-    return convert_lib.load(checkpoint_path(model))
+    return checkpoint.load(checkpoint_path(model))
 
 
 def checkpoint_path(model: str | os.PathLike | None) -> Path:
@@ -272,7 +67,7 @@ def checkpoint_path(model: str | os.PathLike | None) -> Path:
 @functools.lru_cache(maxsize=4)
 def _load_cached(path: str, mtime: float) -> Lama:
     del mtime  # part of the cache key only: a rewritten checkpoint is loaded again
-    return convert_lib.load(path)
+    return checkpoint.load(path)
 
 
 def resolve_model(model: Lama | str | os.PathLike | None) -> Lama:
@@ -355,7 +150,7 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
     """Inpaint the holes of `image` given by `mask` with LaMa, optionally with multi-scale refinement.
 
     Args:
-      image: PIL.Image of any mode (EXIF orientation applied; see `_image_from_pil` for the
+      image: PIL.Image of any mode (EXIF orientation applied; see `images.from_pil` for the
         mode each comes back in), or a numpy array H x W x 3 uint8 / uint16 / float in [0, 1]
         (H x W x 4 keeps alpha; H x W grey, H x W x 2 grey + alpha).
       mask: PIL.Image or array H x W (H x W x 1 grey, x 2 grey + alpha, x 3 colour, x 4
@@ -388,9 +183,9 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
       uint8 out, PIL in -> PIL out) and the same size (unless config.full_size_output is
       False and the image exceeds config.px_budget). Known pixels equal the input's.
     """
-    source = _source(image)
-    hole = _hole(mask, source.rgb.shape[:2], mask_threshold)
-    fraction = _check_hole(hole)
+    source = source_of(image)
+    hole = hole_map(mask, source.rgb.shape[:2], mask_threshold)
+    fraction = check_hole(hole)
     if crop_margin is None:
         [result], [info] = _inpaint_group([source], [hole], model, refine, config, progress, devices, spatial=True)
         info.hole_fraction = fraction
@@ -399,7 +194,7 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
     info = InpaintInfo(refine, [], source.rgb.shape[:2], hole_regions(hole, crop_margin), fraction)
     for top, left, bottom, right in info.crops:
         window = (slice(top, bottom), slice(left, right))
-        [out], [crop_info] = _inpaint_group([_image_from_array(filled[window])], [hole[window]], model, refine,
+        [out], [crop_info] = _inpaint_group([from_array(filled[window])], [hole[window]], model, refine,
                                           config, progress, devices, spatial=True, full_size=True)
         filled[window] = out
         info.scales += crop_info.scales
@@ -444,11 +239,11 @@ def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, 
     sources, holes, fractions = [], [], []
     for index, (image, mask) in enumerate(zip(images, masks)):
         try:
-            sources.append(_source(image))
-            holes.append(_hole(mask, sources[-1].rgb.shape[:2], mask_threshold))
+            sources.append(source_of(image))
+            holes.append(hole_map(mask, sources[-1].rgb.shape[:2], mask_threshold))
         except ValueError as e:
             raise ValueError(f"image {index}: {e}") from None
-        fractions.append(_check_hole(holes[-1], f"image {index}: "))
+        fractions.append(check_hole(holes[-1], f"image {index}: "))
     groups: dict[tuple, list[int]] = {}
     for index, source in enumerate(sources):
         groups.setdefault(batch_key(source.rgb.shape[:2], refine, model, config), []).append(index)
@@ -473,11 +268,7 @@ def batch_key(size: tuple[int, int], refine: bool, model: Lama | str | os.PathLi
     return tuple(plan.padded(n, resolve_model(model).config.modulo) for n in size)
 
 
-def _source(image) -> _Image:
-    return _image_from_pil(image) if _is_pil(image) else _image_from_array(np.asarray(image))
-
-
-def _inpaint_group(sources: list[_Image], holes: list[np.ndarray], model, refine: bool, config: RefineConfig | None,
+def _inpaint_group(sources: list[Source], holes: list[np.ndarray], model, refine: bool, config: RefineConfig | None,
                    progress, devices=None, spatial: bool = False,
                    full_size: bool = False) -> tuple[list, list[InpaintInfo]]:
     """Inpaint images of one `batch_key` in one batch, over `devices` data-parallel or (spatial)
@@ -523,14 +314,6 @@ def _inpaint_group(sources: list[_Image], holes: list[np.ndarray], model, refine
             base = np.asarray(pyramid.resize(sources[i].channels[None], *out.shape[:2]))[0]
             results[i] = sources[i].restore(np.clip(out, 0.0, 1.0), np.ones(out.shape[:2], bool), base)
     return results, infos
-
-
-def _is_pil(x) -> bool:
-    try:
-        from PIL import Image
-    except ImportError:
-        return False
-    return isinstance(x, Image.Image)
 
 
 def _progress_hooks(progress, config):

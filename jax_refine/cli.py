@@ -210,9 +210,10 @@ def refine_config_from_args(args, model=None) -> RefineConfig:
 
 
 def run_convert(args) -> int:
-    from .convert import convert, read_metadata
+    from .checkpoint import read_metadata
+    from .convert import convert
     from .model import LamaConfig, abstract_model, count_parameters
-    from ._torch_pickle import CheckpointError
+    from .checkpoint import CheckpointError
 
     try:
         dst = convert(args.src, args.dst, overwrite=args.overwrite)
@@ -229,7 +230,7 @@ def run_convert(args) -> int:
 
 def _load_model(path):
     from .api import resolve_model
-    from ._torch_pickle import CheckpointError
+    from .checkpoint import CheckpointError
 
     try:
         return resolve_model(path)

@@ -1,4 +1,4 @@
-"""LaMa PyTorch checkpoints -> jax-refine checkpoints (orbax), and loading them back.
+"""LaMa PyTorch checkpoints -> jax-refine checkpoints (docs/lama.md §3-4).
 
 Reads, without torch and without executing code from the file (see `_sources` for how each
 is recognised by its content): LaMa's Lightning `best.ckpt`, bare generator state_dicts
@@ -8,47 +8,28 @@ under any prefix (`generator.`, `model.generator.`, ...); its configuration is i
 from the tensor shapes and cross-checked with the checkpoint's `hyper_parameters`; every
 key, shape, dtype and value is checked (no silent partial loads, no NaN weights).
 
-A jax-refine checkpoint is a directory:
-  params/          orbax StandardCheckpointer tree of the Lama state (params + BN statistics)
-  jax_refine.json  {"format", "format_version", "config", "source": {file, sha256, format}, "converter_version"}
-
-Outputs appear atomically: a checkpoint is assembled in a locked `.<name>.<hex>.partial`
-directory beside it and renamed into place; such directories left by a killed process are
-removed by the next conversion to the same place. `overwrite` replaces only a previous
-jax-refine checkpoint, and never a directory holding the source.
+The result is a jax-refine checkpoint (`checkpoint`), written atomically; its source entry
+records the file's name, sha256 and format.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import re
-import secrets
-import shutil
 from collections.abc import Iterator, Mapping
 from numbers import Real
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from . import __version__
 from ._sources import open_source
-from ._torch_pickle import CheckpointError, MemoryBudget, release_pages
-from .model import Lama, LamaConfig, abstract_model, eval_mode
+from ._torch_pickle import MemoryBudget, release_pages
+from .checkpoint import (CheckpointError, check_destination, install, listing, mismatch_message, sha256, staging,
+                         write_into)
+from .model import LamaConfig, abstract_model
 
-try:
-    import fcntl
-except ImportError:  # Windows: no locks, stale staging directories are not cleaned
-    fcntl = None
-
-FORMAT = "jax-refine-lama"
-FORMAT_VERSION = 1
-METADATA_FILE = "jax_refine.json"
 _IGNORED_SUFFIX = ".num_batches_tracked"
 
 # torch BatchNorm2d attribute -> nnx.BatchNorm variable
@@ -281,7 +262,7 @@ def to_flax_state(state_dict: Mapping[str, np.ndarray], config: LamaConfig, sour
             flat[path] = _device_array([array], array.shape, [key], not_finite)
             release_pages(source_array)
     if missing or unexpected or misshaped or not_float:
-        raise CheckpointError(_mismatch_message(source, config, missing, unexpected, misshaped, not_float))
+        raise CheckpointError(mismatch_message(source, config, missing, unexpected, misshaped, not_float))
     for path, keys in stacked.items():
         transform = rules[keys[0]][1]
         arrays = [transform(state_dict[k]) if transform else state_dict[k] for k in keys]
@@ -290,7 +271,7 @@ def to_flax_state(state_dict: Mapping[str, np.ndarray], config: LamaConfig, sour
             release_pages(state_dict[key])
     if not_finite:
         raise CheckpointError(f"{source}: weights hold NaN or infinite values (in float32) in "
-                              f"{len(not_finite)} tensors:" + _listing(sorted(not_finite)))
+                              f"{len(not_finite)} tensors:" + listing(sorted(not_finite)))
     return flat
 
 
@@ -323,19 +304,6 @@ def _torch_shape(flax_shape, transform):
         kh, kw, i, o = flax_shape
         return (i, o, kh, kw)
     return tuple(flax_shape)
-
-
-def _listing(items, limit=20, indent="    ") -> str:
-    shown = items[:limit] + ([f"... and {len(items) - limit} more"] if len(items) > limit else [])
-    return "".join(f"\n{indent}{item}" for item in shown)
-
-
-def _mismatch_message(source, config, missing, unexpected, misshaped, not_float=()):
-    def section(title, items):
-        return f"\n  {title} ({len(items)}):" + _listing(list(items)) if items else ""
-    return (f"{source}: the generator weights do not match a LaMa generator with {config}:"
-            + section("missing keys", missing) + section("unexpected keys", unexpected)
-            + section("mis-shaped keys", misshaped) + section("not floating point (complex, integer, bool)", not_float))
 
 
 def _flat_shapes(model) -> dict[tuple, tuple]:
@@ -427,257 +395,15 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool =
     if not src.exists():
         raise CheckpointError(f"{src}: no such file")
     check_destination(dst, overwrite, source=src)
-    with _staging(dst) as tmp:
+    with staging(dst) as tmp:
         source = open_source(src, scratch=tmp)
         generator = find_generator(source.tensors, str(src))
         config = infer_config(generator, source.hyper_parameters, str(src))
         flat = to_flax_state(generator, config, str(src), source.budget)
-        identity = {"file": src.name, "sha256": _sha256(source.file), "format": source.kind}
+        identity = {"file": src.name, "sha256": sha256(source.file), "format": source.kind}
         del generator, source
-        _write(tmp, flat, config, identity)
-        _install(tmp, dst, overwrite)
+        write_into(tmp, flat, config, identity)
+        install(tmp, dst, overwrite)
     return dst
 
 
-def save(model: Lama, dst: str | os.PathLike, *, source: Mapping | None = None, overwrite: bool = False) -> Path:
-    """Write `model` (e.g. a trained one) as a jax-refine checkpoint directory."""
-    from flax import nnx
-    flat = {path: np.asarray(v) for path, v in nnx.to_flat_state(nnx.state(model))}
-    return save_flat(flat, model.config, dst, source=source or {}, overwrite=overwrite)
-
-
-def save_flat(flat: Mapping[tuple, np.ndarray], config: LamaConfig, dst, *, source: Mapping, overwrite=False) -> Path:
-    """Write flat {flax path: array} + metadata atomically to the directory `dst` (replacing
-    only a previous jax-refine checkpoint, with `overwrite`)."""
-    dst = Path(dst).absolute()
-    check_destination(dst, overwrite)
-    with _staging(dst) as tmp:
-        _write(tmp, flat, config, source)
-        _install(tmp, dst, overwrite)
-    return dst
-
-
-def check_destination(dst: Path, overwrite: bool, source: Path | None = None) -> None:
-    """Refuse (FileExistsError) a destination whose writing would lose data: one that is or
-    contains `source`, an existing one without `overwrite`, and anything but a previous
-    jax-refine checkpoint (params/ and jax_refine.json, nothing else) with it."""
-    if source is not None:
-        real_source, real_dst = Path(os.path.realpath(source)), Path(os.path.realpath(dst))
-        if real_dst == real_source or real_dst in real_source.parents:
-            raise FileExistsError(f"{dst} holds the source {source}: refusing to write the checkpoint there "
-                                  "(choose another destination)")
-    if not os.path.lexists(dst):
-        return
-    if not overwrite:
-        raise FileExistsError(f"{dst} already exists (pass overwrite=True / --overwrite to replace a previous "
-                              "jax-refine checkpoint)")
-    problem = _not_a_checkpoint(dst)
-    if problem:
-        raise FileExistsError(f"refusing to replace {dst}: {problem}; --overwrite only replaces a jax-refine "
-                              "checkpoint")
-
-
-def _not_a_checkpoint(path: Path) -> str | None:
-    """Why `path` is not a jax-refine checkpoint directory (None when it is one)."""
-    if not path.is_dir():
-        return "it is not a directory"
-    others = sorted(set(os.listdir(path)) - {"params", METADATA_FILE})
-    if others:
-        return f"it holds other files ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''})"
-    try:
-        read_metadata(path)
-    except CheckpointError:
-        return f"it has no valid {METADATA_FILE}"
-    return None
-
-
-def _write(tmp: Path, flat: Mapping[tuple, np.ndarray], config: LamaConfig, source: Mapping) -> None:
-    """params/ (orbax) and jax_refine.json of a checkpoint, into the directory `tmp`."""
-    import orbax.checkpoint as ocp
-
-    tree = {}
-    for path, array in flat.items():
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(str(part), {})
-        node[str(path[-1])] = array
-    # synchronous: the async StandardCheckpointer first copies every array to host buffers
-    ocp.Checkpointer(ocp.StandardCheckpointHandler()).save(tmp / "params", args=ocp.args.StandardSave(tree))
-    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config),
-                "source": dict(source), "converter_version": __version__}
-    (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-
-
-def _install(tmp: Path, dst: Path, overwrite: bool) -> None:
-    """Rename the finished `tmp` to `dst`; a previous checkpoint there is moved aside first
-    and removed after (it is put back if the rename fails)."""
-    if not os.path.lexists(dst):
-        os.rename(tmp, dst)
-        return
-    check_destination(dst, overwrite)  # again: it may have changed since the conversion began
-    aside = _staging_name(dst)
-    os.rename(dst, aside)
-    try:
-        os.rename(tmp, dst)
-    except BaseException:
-        os.rename(aside, dst)
-        raise
-    if aside.is_symlink():
-        aside.unlink()
-    else:
-        shutil.rmtree(aside, ignore_errors=True)
-
-
-# Staging directories: `.<dst name>.<16 hex>.partial`, locked (flock) while in use; the
-# 8-character variant is what tempfile.mkdtemp made before version 0.1.1.
-def _staging_name(dst: Path) -> Path:
-    return dst.parent / f".{dst.name}.{secrets.token_hex(8)}.partial"
-
-
-def _is_staging_name(name: str, dst: Path) -> bool:
-    return re.fullmatch(re.escape(f".{dst.name}.") + r"(?:[0-9a-f]{16}|[a-z0-9_]{8})\.partial", name) is not None
-
-
-@contextlib.contextmanager
-def _staging(dst: Path) -> Iterator[Path]:
-    """A fresh, locked directory beside `dst` (mode 0777 & ~umask), removed unless it was
-    renamed away (with the parents it needed); first removes stale staging directories of
-    `dst` (killed conversions)."""
-    created = [p for p in (dst.parent, *dst.parent.parents) if not p.exists()]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(dst)
-    for _ in range(3):
-        path = _staging_name(dst)
-        os.mkdir(path)
-        lock = _try_lock(path) if fcntl else -1
-        if lock is not None:
-            break
-        shutil.rmtree(path, ignore_errors=True)  # a cleaner took it in the instant before our lock
-    else:
-        raise OSError(f"could not lock a staging directory beside {dst}")
-    try:
-        yield path
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
-        for parent in created:  # innermost first; only if still empty
-            with contextlib.suppress(OSError):
-                parent.rmdir()
-        raise
-    finally:
-        if lock >= 0:
-            os.close(lock)
-
-
-def remove_stale_staging(dst: Path) -> list[Path]:
-    """Remove the staging directories of `dst` that no live process holds (left by a killed
-    conversion); returns them. Nothing is removed where file locks are unavailable."""
-    removed = []
-    if fcntl is None or not dst.parent.is_dir():
-        return removed
-    for entry in os.scandir(dst.parent):
-        if not _is_staging_name(entry.name, dst) or not entry.is_dir(follow_symlinks=False):
-            continue
-        lock = _try_lock(entry.path)
-        if lock is None:
-            continue
-        try:
-            shutil.rmtree(entry.path, ignore_errors=True)
-            removed.append(Path(entry.path))
-        finally:
-            os.close(lock)
-    return removed
-
-
-def _try_lock(path) -> int | None:
-    """A descriptor of directory `path` holding its exclusive lock, or None when another
-    process holds it or the directory is gone. The lock ends with the descriptor (and with
-    the process, however it dies)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def read_metadata(path: str | os.PathLike) -> dict:
-    """The jax_refine.json of a checkpoint directory, validated."""
-    path = Path(path)
-    meta_file = path / METADATA_FILE
-    if not meta_file.is_file():
-        raise CheckpointError(f"{path}: not a jax-refine checkpoint directory (no {METADATA_FILE}); "
-                              "convert LaMa weights first with `jax-refine convert SRC DST`")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{meta_file}: corrupt metadata: {e}") from None
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{meta_file}: unsupported format {meta.get('format')!r} "
-                              f"version {meta.get('format_version')!r}")
-    return meta
-
-
-def load(path: str | os.PathLike) -> Lama:
-    """Load a jax-refine checkpoint directory as a ready (inference-mode) Lama model."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    path = Path(path).absolute()
-    meta = read_metadata(path)
-    try:
-        config = LamaConfig(**meta["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: invalid config in {METADATA_FILE}: {e}") from None
-    try:
-        # as numpy arrays, not jax.Arrays placed as when saved: then every process of a
-        # jax.distributed job restores its own copy (orbax refuses the saved topology there)
-        checkpointer = ocp.PyTreeCheckpointer()
-        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                                checkpointer.metadata(path / "params").item_metadata.tree)
-        tree = checkpointer.restore(path / "params", args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-    except Exception as e:  # orbax/tensorstore raise many types for damaged files
-        raise CheckpointError(f"{path}: could not read params: {e}") from None
-    stored = {}
-
-    def collect(node, prefix):
-        for key, value in node.items():
-            if isinstance(value, Mapping):
-                collect(value, prefix + (key,))
-            else:
-                stored[prefix + (key,)] = np.asarray(value)
-
-    collect(tree, ())
-    return model_from_flat(stored, config, str(path))
-
-
-def model_from_flat(flat: Mapping[tuple, np.ndarray], config: LamaConfig, source: str = "weights") -> Lama:
-    """An inference-mode Lama from flat {state path: array}; paths may use str or int parts.
-
-    Strict: one CheckpointError lists every missing, unexpected and mis-shaped entry.
-    """
-    from flax import nnx
-
-    graphdef, abstract_state = nnx.split(abstract_model(config))
-    stored = {tuple(str(p) for p in path): np.asarray(v) for path, v in flat.items()}
-    expected = {tuple(str(p) for p in path): (path, v) for path, v in nnx.to_flat_state(abstract_state)}
-    missing = sorted(".".join(k) for k in set(expected) - set(stored))
-    unexpected = sorted(".".join(k) for k in set(stored) - set(expected))
-    misshaped = [f"{'.'.join(k)}: {stored[k].shape} (expected {tuple(v.shape)})"
-                 for k, (_, v) in sorted(expected.items()) if k in stored and stored[k].shape != tuple(v.shape)]
-    if missing or unexpected or misshaped:
-        raise CheckpointError(_mismatch_message(source, config, missing, unexpected, misshaped))
-    state = nnx.from_flat_state(
-        {path: variable.replace(jnp.asarray(stored[key], jnp.float32)) for key, (path, variable) in expected.items()})
-    return eval_mode(nnx.merge(graphdef, state))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

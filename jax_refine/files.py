@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import images
+
 # Images read in IMAGEDIR modes (PIL reads more, but these are the usual photo formats).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 # LaMa's image suffixes for the `x_mask*.png` layout, tried in this order.
 LAMA_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-EXIF_ORIENTATION = 0x0112
 
 
 class UsageError(ValueError):
@@ -310,9 +311,7 @@ def upright_size(path: Path) -> tuple[int, int]:
     from PIL import Image
 
     with _reading(path, "image"), _open_regular(path) as file, Image.open(file) as image:
-        w, h = image.size
-        transposed = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # rotated by 90 or 270
-    return (w, h) if transposed else (h, w)
+        return images.upright_size(image)
 
 
 def item_size(item: Item) -> tuple[int, int]:

@@ -32,8 +32,9 @@ import sys
 import time
 from pathlib import Path
 
-from ._torch_pickle import CheckpointError
-from .convert import METADATA_FILE, convert, read_metadata
+from .checkpoint import CheckpointError
+from .checkpoint import METADATA_FILE, read_metadata
+from .convert import convert
 
 _STALE_DOWNLOAD_SECONDS = 15 * 60  # pooch's temporary files are written to continuously while in use
 _POOCH_TEMPORARY = re.compile(r"tmp[a-z0-9_]{8}")  # tempfile.NamedTemporaryFile's names

@@ -38,7 +38,8 @@ from pathlib import Path
 
 from .files import (Item, ItemError, UsageError, check_outputs, find_items, item_size, open_image,
                     output_complete, remove_stale_partials, save_atomic, write_atomic)
-from .api import (MAX_HOLE_FRACTION, LargeHoleWarning, batch_key, check_mask_threshold, inpaint, inpaint_batch,
+from .images import MAX_HOLE_FRACTION, LargeHoleWarning, check_mask_threshold
+from .api import (batch_key, inpaint, inpaint_batch,
                   resolve_model)
 from .plan import RefineConfig, budget_size, model_defaults
 

@@ -34,6 +34,6 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_checkpoint):
-    from jax_refine.convert import load
+    from jax_refine.checkpoint import load
 
     return load(tiny_checkpoint)

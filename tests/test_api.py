@@ -129,7 +129,7 @@ def test_a_model_recommends_its_refinement_settings(tiny_model, small, tmp_path)
     from flax import nnx
 
     import jax_refine
-    from jax_refine.convert import model_from_flat
+    from jax_refine.checkpoint import model_from_flat
     from jax_refine.plan import model_defaults
 
     image, mask = small

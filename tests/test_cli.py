@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import jax_refine
-from jax_refine import cli, files, jobs
+from jax_refine import cli, files, images, jobs
 
 from conftest import GOLDEN
 
@@ -133,7 +133,7 @@ def test_batches_are_grouped_from_headers(tmp_path, tiny_checkpoint, pairs, monk
         image.save(data / f"{name}.png")
         mask.save(data / f"{name}_mask.png")
     exif = Image.Exif()
-    exif[files.EXIF_ORIENTATION] = 6  # stored turned by 90 degrees: upright, it is b
+    exif[images.EXIF_ORIENTATION] = 6  # stored turned by 90 degrees: upright, it is b
     pairs["chelsea"][0].transpose(Image.Transpose.ROTATE_90).save(data / "e.png", exif=exif)
     pairs["chelsea"][1].save(data / "e_mask.png")
     assert files.upright_size(data / "e.png") == (SIZE[1], SIZE[0])
@@ -428,7 +428,7 @@ def test_unset_options_take_the_models_recommended_settings(tmp_path, tiny_model
 
     from flax import nnx
 
-    from jax_refine.convert import model_from_flat
+    from jax_refine.checkpoint import model_from_flat
 
     image, mask, out = saved_photo(tmp_path, pairs)
     flat = {path: v[...] for path, v in nnx.to_flat_state(nnx.state(tiny_model))}

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from jax_refine import CheckpointError, UnsafePickleError, convert, load
-from jax_refine.convert import FORMAT, read_generator
+from jax_refine.checkpoint import FORMAT
+from jax_refine.convert import read_generator
 from jax_refine.model import count_parameters
 
 import lama_files

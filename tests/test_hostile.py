@@ -18,7 +18,7 @@ import pytest
 
 from jax_refine import CheckpointError, convert
 from jax_refine.cli import main
-from jax_refine.convert import _try_lock, remove_stale_staging
+from jax_refine.checkpoint import _try_lock, remove_stale_staging
 
 import lama_files
 import torch_writer as tw

@@ -15,7 +15,7 @@ import pytest
 import jax_refine
 from jax_refine import hub
 from jax_refine import refine as refine_lib
-from jax_refine.convert import read_metadata
+from jax_refine.checkpoint import read_metadata
 
 import lama_files
 from conftest import GOLDEN, load_golden_image

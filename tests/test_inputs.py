@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import jax_refine
-from jax_refine import RefineConfig, api, inpaint
+from jax_refine import RefineConfig, images, inpaint
 from jax_refine import plan
 from jax_refine import pyramid
 
@@ -157,27 +157,27 @@ def rgba(colour, alpha):
 ])
 def test_alpha_channel_of_masks(name, mask):
     for given in (mask, Image.fromarray(mask)):
-        np.testing.assert_array_equal(api._hole(given, (H, W)), HOLE, err_msg=name)
+        np.testing.assert_array_equal(images.hole_map(given, (H, W)), HOLE, err_msg=name)
 
 
 def test_palette_mask_with_a_transparent_index():
     mask = Image.fromarray(HOLE.astype(np.uint8), "L").convert("P")
     mask.putpalette([255, 255, 255, 255, 255, 255])  # both indices white; index 0 transparent
     mask.info["transparency"] = 0
-    np.testing.assert_array_equal(api._hole(mask, (H, W)), HOLE)
+    np.testing.assert_array_equal(images.hole_map(mask, (H, W)), HOLE)
 
 
 def test_mask_threshold_for_lossy_masks(tiny_model, photo):
     buffer = io.BytesIO()
     Image.fromarray(np.where(HOLE, 255, 0).astype(np.uint8)).save(buffer, "JPEG", quality=30)
     jpeg = Image.open(buffer)
-    assert api._hole(jpeg, (H, W)).sum() > HOLE.sum() * 1.2  # LaMa's "> 0" grows the hole
-    np.testing.assert_array_equal(api._hole(jpeg, (H, W), 0.5), HOLE)
+    assert images.hole_map(jpeg, (H, W)).sum() > HOLE.sum() * 1.2  # LaMa's "> 0" grows the hole
+    np.testing.assert_array_equal(images.hole_map(jpeg, (H, W), 0.5), HOLE)
     # the threshold is a share of the full scale of each kind of mask
     grey = np.where(HOLE, 0.6, 0.4)
     for mask in (grey, (grey * 255).astype(np.uint8), (grey * 65535).astype(np.uint16)):
-        np.testing.assert_array_equal(api._hole(mask, (H, W), 0.5), HOLE)
-        assert api._hole(mask, (H, W)).all()
+        np.testing.assert_array_equal(images.hole_map(mask, (H, W), 0.5), HOLE)
+        assert images.hole_map(mask, (H, W)).all()
     for bad in (1.0, -0.1, float("nan"), "0.5", True):
         with pytest.raises(ValueError, match="mask_threshold must be a number in"):
             inpaint(np.asarray(photo[0]), HOLE, tiny_model, mask_threshold=bad)
@@ -201,11 +201,11 @@ def test_large_holes_warn(tiny_model, photo):
 
 def test_bad_masks_give_clear_errors():
     with pytest.raises(ValueError, match="alpha channel must be bool, uint8, uint16 or float, got int64"):
-        api._hole(np.zeros((H, W, 4), np.int64), (H, W))
+        images.hole_map(np.zeros((H, W, 4), np.int64), (H, W))
     with pytest.raises(ValueError, match=r"mask must be H x W \(or"):
-        api._hole(np.zeros((H, W, 5), np.uint8), (H, W))
+        images.hole_map(np.zeros((H, W, 5), np.uint8), (H, W))
     with pytest.raises(ValueError, match=r"mode I\) mask must have values in 0..65535"):
-        api._hole(Image.fromarray(np.full((H, W), 70000, np.int32)), (H, W))
+        images.hole_map(Image.fromarray(np.full((H, W), 70000, np.int32)), (H, W))
 
 
 # --------------------------------------------------------------------------------------

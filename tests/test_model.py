@@ -109,7 +109,8 @@ def test_big_lama_matches_an_independent_torch_reference():
     torch = pytest.importorskip("torch")
     from reference.lama_torch import FFCResNetGenerator, randomize
 
-    from jax_refine.convert import infer_config, model_from_flat, to_flax_state
+    from jax_refine.checkpoint import model_from_flat
+    from jax_refine.convert import infer_config, to_flax_state
 
     reference = randomize(FFCResNetGenerator(ngf=64, n_downsampling=3, n_blocks=18), seed=0).eval()
     state = {k: v.numpy() for k, v in reference.state_dict().items()}
