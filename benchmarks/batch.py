@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import EXAMPLE, report, run_worker  # noqa: E402
 
 
 def inputs(n: int, h: int, w: int):
@@ -30,7 +30,7 @@ def inputs(n: int, h: int, w: int):
 
     from jax_refine.masks import random_mask
 
-    photo = Image.open(ROOT / "examples" / "dune.png").convert("RGB")
+    photo = Image.open(EXAMPLE).convert("RGB")
     images, masks = [], []
     for i in range(n):
         left = (i * 37) % (photo.width - w // 2)
@@ -66,17 +66,13 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args)))
+        report(worker(args))
         return
     rows = []
     for count in map(int, args.devices.split(",")):
-        env = dict(os.environ, PYTHONPATH=str(ROOT),
-                   XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}".strip())
-        done = subprocess.run([sys.executable, __file__, "--worker", "--images", str(args.images), "--size", args.size],
-                              env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(done.stderr[-3000:])
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}".strip()
+        rows.append(run_worker(__file__, ["--worker", "--images", str(args.images), "--size", args.size],
+                               env={"XLA_FLAGS": flags}))
         print(json.dumps(rows[-1]), flush=True)
     for row in rows[1:]:
         print(f"{row['devices']} vs {rows[0]['devices']} {row['platform']} devices: "

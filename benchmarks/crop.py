@@ -4,8 +4,7 @@
 
 Each held-out photo (data/manifest.json) at --size px on its long side, with two elliptical
 holes of 60-100 px (a fixed seed per photo), is inpainted with the bundled model by
-`inpaint(refine=True)` on the whole image (defaults) and by `inpaint(refine=True,
-crop_margin=M)`. Prints per photo the hole PSNR of both against the photo, the PSNR between
+`inpaint(method="refine")` on the whole image (defaults) and by `inpaint(crop_margin=M)`. Prints per photo the hole PSNR of both against the photo, the PSNR between
 the two results (hole pixels) and both times (compilation excluded by warm-up calls).
 """
 

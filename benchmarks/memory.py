@@ -3,7 +3,7 @@
     python benchmarks/memory.py [--sizes 1024,1536,2048] [--remat none,blocks,all] [--n-iters 2]
 
 Big-LaMa configuration with random weights, `data/photos/mate-backgrounds/Garden.jpg`
-(scripts/prepare_data.py) centre-cropped to S x S, LaMa's 'thick' mask (seed 0),
+(`python -m training.sources`; examples/dune.png without it) centre-cropped to S x S, LaMa's 'thick' mask (seed 0),
 RefineConfig(px_budget=S*S, min_side 512, max_scales 3): 1024 -> 2 scales (512, 1024),
 1536 -> 3 (384, 768, 1536), 2048 -> 3 (512, 1024, 2048), all refined at full resolution.
 Each (size, policy) runs in a fresh process: peak RSS is the process's own, and
@@ -17,18 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from refine import DEFAULT_IMAGE, inputs  # noqa: E402  (same photo and mask as benchmarks/refine.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import compile_seconds, default_photo, peak_rss_gib, report, run_worker, square_inputs  # noqa: E402
 
 
 def config_for(size: int, remat: str, n_iters: int):
@@ -37,42 +31,37 @@ def config_for(size: int, remat: str, n_iters: int):
     return jax_refine.RefineConfig(px_budget=size * size, n_iters=n_iters, remat=remat)
 
 
-def big_lama():
+def big_lama(n_blocks: int):
+    import dataclasses
+
     from flax import nnx
 
     import jax_refine
     from jax_refine.model import eval_mode
 
-    return eval_mode(jax_refine.Lama(jax_refine.BIG_LAMA, rngs=nnx.Rngs(0)))
+    config = dataclasses.replace(jax_refine.BIG_LAMA, n_blocks=n_blocks)
+    return eval_mode(jax_refine.Lama(config, rngs=nnx.Rngs(0)))
 
 
 def worker(args) -> dict:
-    import jax
-
     import jax_refine
-    from jax_refine import refine as refine_lib
+    from jax_refine import refine
 
-    model, config = big_lama(), config_for(args.size, args.remat, args.n_iters)
+    model, config = big_lama(args.n_blocks), config_for(args.size, args.remat, args.n_iters)
     if args.task == "estimate":
         est = jax_refine.estimate((args.size, args.size), model, config=config)
         return dict(estimate_gib=est.peak_bytes / 2**30, program_gib=est.program_bytes / 2**30)
-    compile_s = {"s": 0.0}
-
-    def listener(event, duration, **_):
-        if event.startswith("/jax/core/compile/"):
-            compile_s["s"] += duration
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    image, mask = inputs(args.image, args.size)
+    compile_s = compile_seconds()
+    image, mask = square_inputs(args.image, args.size)
     compiled_before = []  # compilation seconds so far at the start of each scale
     start = time.perf_counter()
-    _, scales = refine_lib.refine(model, image[None], mask[None, :, :, None], config,
+    _, scales = refine.multiscale(model, image[None], mask[None, :, :, None], config,
                                   on_scale=lambda *_: compiled_before.append(compile_s["s"]))
     total = time.perf_counter() - start
     finest_compile = compile_s["s"] - compiled_before[-1]
     return dict(scales=[s.size[0] for s in scales], total_s=total - compile_s["s"], compile_s=compile_s["s"],
                 finest_iteration_s=(scales[-1].seconds - finest_compile) / scales[-1].iterations,
-                peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+                peak_rss_gib=peak_rss_gib())
 
 
 def main() -> None:
@@ -80,26 +69,24 @@ def main() -> None:
     parser.add_argument("--sizes", default="1024,1536,2048")
     parser.add_argument("--remat", default="none,blocks,all")
     parser.add_argument("--n-iters", type=int, default=2)
-    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+    parser.add_argument("--n-blocks", type=int, default=18, help="residual blocks (Big-LaMa: 18; fewer for a quick check)")
+    parser.add_argument("--image", type=Path, default=default_photo())
     parser.add_argument("--task", help=argparse.SUPPRESS)  # internal: estimate | run, one (size, remat)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--remat-policy", dest="remat_one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.task:
         args.remat = args.remat_one
-        print(json.dumps(worker(args)))
+        report(worker(args))
         return
     rows = []
     for size in map(int, args.sizes.split(",")):
         for remat in args.remat.split(","):
             row = dict(size=size, remat=remat)
             for task in ("estimate", "run"):
-                cmd = [sys.executable, __file__, "--task", task, "--size", str(size), "--remat-policy", remat,
-                       "--n-iters", str(args.n_iters), "--image", str(args.image)]
-                done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-                if done.returncode != 0:
-                    sys.exit(f"{task} {size} {remat} failed:\n{done.stderr[-3000:]}")
-                row.update(json.loads(done.stdout.strip().splitlines()[-1]))
+                row.update(run_worker(__file__, ["--task", task, "--size", str(size), "--remat-policy", remat,
+                                                 "--n-iters", str(args.n_iters), "--image", str(args.image),
+                                                 "--n-blocks", str(args.n_blocks)]))
             rows.append(row)
             print(json.dumps(row), flush=True)
     print("\n| size | scales | remat | peak RSS GiB | estimate GiB (est / measured) | s / iteration at full size | total s (no compile) | compile s |")

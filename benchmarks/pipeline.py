@@ -96,7 +96,7 @@ class Passes:
         self.files, self.jobs = files, jobs
         self.model = default_model()
         config = RefineConfig(min_side=160, n_iters=5)
-        self.settings = jobs.JobSettings(refine=args.refine, config=config, batch_size=args.batch_size, overwrite=True)
+        self.settings = jobs.JobSettings(method=args.method, config=config, batch_size=args.batch_size, overwrite=True)
         self.items, _, _ = files.find_items(source, None, out)
         sizes = {i: files.item_size(item) for i, item in enumerate(self.items)}
         self.batches = [[self.items[i] for i in batch]
@@ -129,7 +129,8 @@ def main() -> None:
     parser.add_argument("--size", default="320x512", help="HxW of each image")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--refine", action="store_true", help="two-scale refinement instead of plain prediction")
+    parser.add_argument("--refine", dest="method", action="store_const", const="refine", default="plain",
+                        help="two-scale refinement instead of plain prediction")
     parser.add_argument("--device-cores", type=int, help="pin XLA's threads to this many cores, Python to the rest")
     args = parser.parse_args()
     if args.device_cores:

@@ -1,6 +1,6 @@
 """Quality study: does multi-scale refinement beat plain prediction on real high-resolution photos?
 
-    python scripts/prepare_data.py                         # held-out photos -> data/
+    python -m training.sources                         # held-out photos -> data/
     pip install opencv-python-headless                     # method (d) only; benchmark-only
     python benchmarks/quality.py                           # all cases -> runs/quality, QUALITY.md
     python benchmarks/quality.py --sizes 1024 --photos Dune --kinds thick   # a subset
@@ -11,10 +11,10 @@ on its long side, with one thin, one medium and one thick LaMa stroke mask each
 
   default     jax_refine.inpaint(image, mask, model): the model's own recommended settings
               (`refine.model_defaults`), what a user gets without options
-  plain       jax_refine.inpaint(refine=False): one forward pass at full resolution
+  plain       jax_refine.inpaint(method="plain"): one forward pass at full resolution
   down-up     downscale to short side --train-res (PIL Lanczos; a pixel is a hole if any
               part of it was), predict, upscale (PIL bicubic), composite with the known pixels
-  refine      jax_refine.inpaint(refine=True): the paper's refinement with the defaults
+  refine      jax_refine.inpaint(method="refine"): the paper's refinement with the defaults
               (min_side 512, px_budget 1.8 MP; the fill is upscaled above the budget)
   refine-<R>  the same with min_side = --train-res, so the coarsest scale is near the
               resolution the model was trained at (more scales)
@@ -158,7 +158,7 @@ def down_up(image, hole, model, train_res):
     small = (max(1, round(w * scale)), max(1, round(h * scale)))
     small_image = np.asarray(Image.fromarray(image).resize(small, Image.Resampling.LANCZOS))
     small_hole = np.asarray(Image.fromarray(hole.astype(np.uint8) * 255).resize(small, Image.Resampling.BOX)) > 0
-    fill = jax_refine.inpaint(small_image, small_hole, model, refine=False)
+    fill = jax_refine.inpaint(small_image, small_hole, model, method="plain")
     up = np.asarray(Image.fromarray(fill).resize((w, h), Image.Resampling.BICUBIC))
     return np.where(hole[..., None], up, image)
 
@@ -187,10 +187,10 @@ def run_method(name, image, hole, model, train_res) -> tuple[np.ndarray, dict]:
     import jax_refine
 
     if name == "default":
-        result, info = jax_refine.inpaint(image, hole, model, return_info=True)
+        result, info = jax_refine.inpaint_with_info(image, hole, model)
         return result, dict(iterations=[s.iterations for s in info.scales])
     if name == "plain":
-        return jax_refine.inpaint(image, hole, model, refine=False), {}
+        return jax_refine.inpaint(image, hole, model, method="plain"), {}
     if name == "prior":
         import jax.numpy as jnp
 
@@ -204,7 +204,7 @@ def run_method(name, image, hole, model, train_res) -> tuple[np.ndarray, dict]:
     config = refine_config(name)
     if config is None:
         raise ValueError(f"unknown method {name!r}")
-    result, info = jax_refine.inpaint(image, hole, model, config=config, return_info=True)
+    result, info = jax_refine.inpaint_with_info(image, hole, model, config=config)
     return result, dict(iterations=[s.iterations for s in info.scales])
 
 

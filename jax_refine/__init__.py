@@ -20,6 +20,8 @@ from .api import enable_compilation_cache as enable_compilation_cache
 from .api import estimate as estimate
 from .api import inpaint as inpaint
 from .api import inpaint_batch as inpaint_batch
+from .api import inpaint_batch_with_info as inpaint_batch_with_info
+from .api import inpaint_with_info as inpaint_with_info
 from .api import load as load
 from .convert import convert as convert
 from .images import LargeHoleWarning as LargeHoleWarning
@@ -39,5 +41,6 @@ from .refine import ScaleInfo as ScaleInfo
 __all__ = [
     "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "JobSummary", "Lama", "LamaConfig", "LargeHoleWarning",
     "MemoryEstimate", "Progress", "RefineConfig", "ScaleInfo", "UnsafePickleError", "convert", "default_model",
-    "enable_compilation_cache", "estimate", "inpaint", "inpaint_batch", "inpaint_files", "load", "save",
+    "enable_compilation_cache", "estimate", "inpaint", "inpaint_batch", "inpaint_batch_with_info", "inpaint_files",
+    "inpaint_with_info", "load", "save",
 ]

@@ -97,7 +97,17 @@ def enable_compilation_cache(path: str | os.PathLike) -> Path:
     return path
 
 
-def estimate(image_size: tuple[int, int], model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
+METHODS = ("refine", "plain")
+
+
+def _multiscale(method: str) -> bool:
+    """Whether `method` (one of METHODS) refines at several scales; ValueError otherwise."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return method == "refine"
+
+
+def estimate(image_size: tuple[int, int], model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
              config: RefineConfig | None = None, batch: int = 1) -> MemoryEstimate:
     """Expected peak memory of `inpaint` on `batch` images of `image_size` (height, width) on the
     current backend, without running it (each scale's program is compiled; see MemoryEstimate).
@@ -105,9 +115,8 @@ def estimate(image_size: tuple[int, int], model: Lama | str | os.PathLike | None
     h, w = image_size
     if min(h, w, batch) < 1:
         raise ValueError(f"image_size and batch must be positive, got {image_size} and {batch}")
-    model = resolve_model(model)
-    return estimate_memory(model, int(h), int(w), batch=batch, refine=refine,
-                                      config=_config(config, model))
+    multiscale, model = _multiscale(method), resolve_model(model)
+    return estimate_memory(model, int(h), int(w), batch=batch, multiscale=multiscale, config=_config(config, model))
 
 
 def _config(config: RefineConfig | None, model) -> RefineConfig:
@@ -135,7 +144,7 @@ class Progress:
 
 @dataclasses.dataclass
 class InpaintInfo:
-    """What `inpaint(..., return_info=True)` did: per-scale sizes, losses and times."""
+    """What `inpaint_with_info` did: per-scale sizes, losses and times."""
 
     refined: bool
     scales: list[ScaleInfo]     # with crops: every crop's scales, crop after crop
@@ -144,10 +153,10 @@ class InpaintInfo:
     hole_fraction: float = 0.0  # share of the image's pixels that are hole
 
 
-def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
+def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
             config: RefineConfig | None = None, progress: bool | Callable[[Progress], None] | None = None,
-            return_info: bool = False, crop_margin: int | None = None, devices=None, mask_threshold: float = 0.0):
-    """Inpaint the holes of `image` given by `mask` with LaMa, optionally with multi-scale refinement.
+            crop_margin: int | None = None, devices=None, mask_threshold: float = 0.0):
+    """Inpaint the holes of `image` given by `mask` with LaMa, by default with multi-scale refinement.
 
     Args:
       image: PIL.Image of any mode (EXIF orientation applied; see `images.from_pil` for the
@@ -163,12 +172,11 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
       model: a loaded `Lama`, a known model name ("big-lama", downloaded and converted on
         first use), a path to a converted checkpoint directory, or None for the bundled
         default model.
-      refine: multi-scale feature refinement (Kulshreshtha et al. 2022); False runs LaMa's
-        plain single-pass prediction.
-      config: refinement settings (ignored when refine=False); None: the model's own
-        recommended settings (`refine.model_defaults`: LaMa's defaults for LaMa's models).
+      method: "refine", multi-scale feature refinement (Kulshreshtha et al. 2022), or
+        "plain", LaMa's single forward pass at full resolution.
+      config: refinement settings (ignored by "plain"); None: the model's own recommended
+        settings (`plan.model_defaults`: LaMa's defaults for LaMa's models).
       progress: True for a progress bar, or a callable receiving `Progress` events.
-      return_info: also return an `InpaintInfo`.
       crop_margin: None (the whole image), or inpaint each group of nearby holes in a crop
         with this many pixels of context around it and paste the fills back (for small holes
         in large images; see `jax_refine.crop`). The output then always has the input's size.
@@ -183,50 +191,68 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, refin
       uint8 out, PIL in -> PIL out) and the same size (unless config.full_size_output is
       False and the image exceeds config.px_budget). Known pixels equal the input's.
     """
+    return inpaint_with_info(image, mask, model, method=method, config=config, progress=progress,
+                             crop_margin=crop_margin, devices=devices, mask_threshold=mask_threshold)[0]
+
+
+def inpaint_with_info(image, mask, model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
+                      config: RefineConfig | None = None, progress: bool | Callable[[Progress], None] | None = None,
+                      crop_margin: int | None = None, devices=None,
+                      mask_threshold: float = 0.0) -> tuple[object, InpaintInfo]:
+    """`inpaint`, returning (result, `InpaintInfo`: per-scale sizes, iterations, losses, times)."""
+    multiscale = _multiscale(method)
     source = source_of(image)
     hole = hole_map(mask, source.rgb.shape[:2], mask_threshold)
     fraction = check_hole(hole)
     if crop_margin is None:
-        [result], [info] = _inpaint_group([source], [hole], model, refine, config, progress, devices, spatial=True)
+        [result], [info] = _inpaint_group([source], [hole], model, multiscale, config, progress, devices,
+                                          spatial=True)
         info.hole_fraction = fraction
-        return (result, info) if return_info else result
+        return result, info
     filled = source.rgb.copy()
-    info = InpaintInfo(refine, [], source.rgb.shape[:2], hole_regions(hole, crop_margin), fraction)
+    info = InpaintInfo(multiscale, [], source.rgb.shape[:2], hole_regions(hole, crop_margin), fraction)
     for top, left, bottom, right in info.crops:
         window = (slice(top, bottom), slice(left, right))
-        [out], [crop_info] = _inpaint_group([from_array(filled[window])], [hole[window]], model, refine,
+        [out], [crop_info] = _inpaint_group([from_array(filled[window])], [hole[window]], model, multiscale,
                                           config, progress, devices, spatial=True, full_size=True)
         filled[window] = out
         info.scales += crop_info.scales
-    result = source.restore(filled, hole)
-    return (result, info) if return_info else result
+    return source.restore(filled, hole), info
 
 
-def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, *, refine: bool = True,
+def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
                   config: RefineConfig | None = None, devices=None, batch_size: int | None = None,
-                  progress: bool | Callable[[Progress], None] | None = None, return_info: bool = False,
-                  mask_threshold: float = 0.0):
+                  progress: bool | Callable[[Progress], None] | None = None, mask_threshold: float = 0.0) -> list:
     """Inpaint many images: images of one `batch_key` (without refinement the same padded
     size; with it, every pyramid level of the same padded size) run together, data-parallel
     over devices.
 
     Args:
       images, masks: equal-length sequences of what `inpaint` takes (sizes may differ).
-      model, refine, config, progress, mask_threshold: as `inpaint`.
+      model, method, config, progress, mask_threshold: as `inpaint`.
       devices: the devices to split each batch over (default: all of `jax.devices()`); the
         weights are replicated, a batch is split along its image axis (jax.sharding Mesh).
       batch_size: images per run (default: one per device); a group of images is cut into
         runs of this many, the last padded to a multiple of the device count.
 
     Returns:
-      The results in input order (each as `inpaint` returns it), and with return_info a list
-      of `InpaintInfo`, one per image, with its own sizes and losses (the images of one run
-      share its times). Each image's result is the one `inpaint` gives it alone (up to float
-      rounding of batched convolutions), except that with early stopping a run stops when all
-      its images have converged.
+      The results in input order (each as `inpaint` returns it). Each image's result is the
+      one `inpaint` gives it alone (up to float rounding of batched convolutions), except that
+      with early stopping a run stops when all its images have converged.
     """
+    return inpaint_batch_with_info(images, masks, model, method=method, config=config, devices=devices,
+                                   batch_size=batch_size, progress=progress, mask_threshold=mask_threshold)[0]
+
+
+def inpaint_batch_with_info(images, masks, model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
+                            config: RefineConfig | None = None, devices=None, batch_size: int | None = None,
+                            progress: bool | Callable[[Progress], None] | None = None,
+                            mask_threshold: float = 0.0) -> tuple[list, list[InpaintInfo]]:
+    """`inpaint_batch`, returning (results, an `InpaintInfo` per image, with its own sizes and
+    losses; the images of one run share its times)."""
     import jax
 
+    multiscale = _multiscale(method)
     images, masks = list(images), list(masks)
     if len(images) != len(masks):
         raise ValueError(f"got {len(images)} images but {len(masks)} masks")
@@ -246,29 +272,30 @@ def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, 
         fractions.append(check_hole(holes[-1], f"image {index}: "))
     groups: dict[tuple, list[int]] = {}
     for index, source in enumerate(sources):
-        groups.setdefault(batch_key(source.rgb.shape[:2], refine, model, config), []).append(index)
+        groups.setdefault(batch_key(source.rgb.shape[:2], method, model, config), []).append(index)
     results, infos = [None] * len(images), [None] * len(images)
     for indices in groups.values():
         for start in range(0, len(indices), batch_size):
             run = indices[start:start + batch_size]
-            outs, run_infos = _inpaint_group([sources[i] for i in run], [holes[i] for i in run], model, refine,
+            outs, run_infos = _inpaint_group([sources[i] for i in run], [holes[i] for i in run], model, multiscale,
                                              config, progress, devices)
             for i, out, info in zip(run, outs, run_infos):
                 results[i], infos[i] = out, dataclasses.replace(info, hole_fraction=fractions[i])
-    return (results, infos) if return_info else results
+    return results, infos
 
 
-def batch_key(size: tuple[int, int], refine: bool, model: Lama | str | os.PathLike | None,
+def batch_key(size: tuple[int, int], method: str, model: Lama | str | os.PathLike | None,
               config: RefineConfig | None = None) -> tuple:
-    """Images with equal keys can share a run: for plain prediction the same size padded to the
-    model's modulo; with refinement `refine.run_key` (every pyramid level of `config` pads to
-    the same size), which needs no model unless config is None (the model's defaults)."""
-    if refine:
+    """Images with equal keys can share a run: for "plain" the same size padded to the model's
+    modulo; for "refine" `plan.run_key` (every pyramid level of `config` pads to the same
+    size), which needs no model unless config is None (the model's defaults)."""
+    if _multiscale(method):
         return plan.run_key(*size, _config(config, model))
     return tuple(plan.padded(n, resolve_model(model).config.modulo) for n in size)
 
 
-def _inpaint_group(sources: list[Source], holes: list[np.ndarray], model, refine: bool, config: RefineConfig | None,
+def _inpaint_group(sources: list[Source], holes: list[np.ndarray], model, multiscale: bool,
+                   config: RefineConfig | None,
                    progress, devices=None, spatial: bool = False,
                    full_size: bool = False) -> tuple[list, list[InpaintInfo]]:
     """Inpaint images of one `batch_key` in one batch, over `devices` data-parallel or (spatial)
@@ -276,7 +303,7 @@ def _inpaint_group(sources: list[Source], holes: list[np.ndarray], model, refine
     config None: the model's defaults; full_size: always bring the result back to the input's size.
     Returns (results, an InpaintInfo per image)."""
     results = [source.restore(source.rgb, hole) for source, hole in zip(sources, holes)]
-    infos = [InpaintInfo(refine, [], hole.shape) for hole in holes]
+    infos = [InpaintInfo(multiscale, [], hole.shape) for hole in holes]
     todo = [i for i, hole in enumerate(holes) if hole.any()]
     if not todo:
         return results, infos
@@ -284,8 +311,8 @@ def _inpaint_group(sources: list[Source], holes: list[np.ndarray], model, refine
     config = _config(config, model)
     if full_size:
         config = dataclasses.replace(config, full_size_output=True)
-    if not refine:  # each image padded to the common padded size as `predict` pads it alone
-        hp, wp = batch_key(holes[todo[0]].shape, False, model)
+    if not multiscale:  # each image padded to the common padded size as `predict` pads it alone
+        hp, wp = batch_key(holes[todo[0]].shape, "plain", model)
         pad = functools.partial(plan.pad_bottom_right, hp=hp, wp=wp, mode="symmetric")
         out, _ = refine_lib.predict(model, np.concatenate([pad(sources[i].rgb[None]) for i in todo]),
                                     np.concatenate([pad(holes[i][None, ..., None].astype(np.float32)) for i in todo]),

@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         "refinement (RefineConfig; ignored with --no-refine)",
         "Unset options take the model's recommended settings (its refine_defaults), which for LaMa's own "
         "models are LaMa's defaults, shown here.")
-    refine.add_argument("--no-refine", dest="refine", action="store_false",
+    refine.add_argument("--no-refine", dest="method", action="store_const", const="plain", default="refine",
                         help="LaMa's plain single-pass prediction, no multi-scale refinement")
     defaults = RefineConfig()
     for field in dataclasses.fields(RefineConfig):
@@ -245,7 +245,7 @@ def _load_model(path):
 def _job_settings(args) -> JobSettings:
     """The JobSettings of the parsed options; invalid values raise UsageError naming the options."""
     try:
-        return JobSettings(args.refine, refine_config_from_args(args), args.mask_threshold, args.batch_size,
+        return JobSettings(args.method, refine_config_from_args(args), args.mask_threshold, args.batch_size,
                            args.crop_margin, args.overwrite, args.skip_existing, args.report, args.report_plot)
     except UsageError as e:
         message = str(e)
@@ -274,7 +274,7 @@ def run_inpaint(args) -> int:
     if model is not None:  # unset refinement options take the model's recommended settings
         settings = dataclasses.replace(settings, config=refine_config_from_args(args, model))
     if args.dry_run:
-        return dry_run(items, model, settings.refine, settings.config)
+        return dry_run(items, model, settings.method, settings.config)
     summary = run_items(items, model, settings, shared_mask=shared_mask, distributed=args.distributed,
                         verbose=not args.quiet, report_folder=None if mode == "single" else Path(args.output),
                         outer_bar=mode != "single")
@@ -283,7 +283,7 @@ def run_inpaint(args) -> int:
     return EXIT_FAILED if summary.failures else EXIT_OK
 
 
-def dry_run(items, model, refine: bool, config: RefineConfig) -> int:
+def dry_run(items, model, method: str, config: RefineConfig) -> int:
     """Print the expected peak memory of every item (one compilation per distinct size)."""
     from .api import estimate
 
@@ -296,7 +296,7 @@ def dry_run(items, model, refine: bool, config: RefineConfig) -> int:
             print(f"failed: {e.path}: {e.reason}", file=sys.stderr)
             continue
         if size not in by_size:
-            by_size[size] = estimate(size, model, refine=refine, config=config)
+            by_size[size] = estimate(size, model, method=method, config=config)
         print(f"{item.image}: {size[1]}x{size[0]}: {by_size[size]}")
     return EXIT_FAILED if failed else EXIT_OK
 

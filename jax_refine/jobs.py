@@ -38,9 +38,8 @@ from pathlib import Path
 
 from .files import (Item, ItemError, UsageError, check_outputs, find_items, item_size, open_image,
                     output_complete, remove_stale_partials, save_atomic, write_atomic)
+from .api import batch_key, inpaint_batch_with_info, inpaint_with_info, resolve_model
 from .images import MAX_HOLE_FRACTION, LargeHoleWarning, check_mask_threshold
-from .api import (batch_key, inpaint, inpaint_batch,
-                  resolve_model)
 from .plan import RefineConfig, budget_size, model_defaults
 
 PREFETCH = 2      # batches decoded ahead of the one the devices run
@@ -56,7 +55,7 @@ _JOB_NUMBERS = itertools.count()  # the n-th distributed job of every process is
 class JobSettings:
     """How a job inpaints and writes (see `inpaint_files` for each field)."""
 
-    refine: bool = True
+    method: str = "refine"
     config: RefineConfig = RefineConfig()
     mask_threshold: float = 0.0
     batch_size: int = 1
@@ -123,7 +122,7 @@ class JobSummary:
 # --------------------------------------------------------------------------------------
 
 
-def inpaint_files(source, output, mask=None, *, model=None, refine: bool = True,
+def inpaint_files(source, output, mask=None, *, model=None, method: str = "refine",
                   config: RefineConfig | None = None, mask_threshold: float = 0.0, batch_size: int = 1,
                   crop_margin: int | None = None, overwrite: bool = False, skip_existing: bool = False,
                   image_suffixes=None, keep_ext: bool = False, distributed: bool = False,
@@ -134,7 +133,7 @@ def inpaint_files(source, output, mask=None, *, model=None, refine: bool = True,
     Args:
       source, mask, output: IMAGE MASK OUT, or DIR (LaMa layout, mask None) OUTDIR, or
         IMAGEDIR MASKDIR OUTDIR, or IMAGEDIR MASK OUTDIR (see `files.find_items`).
-      model, refine, config, mask_threshold, crop_margin: as `inpaint`.
+      model, method, config, mask_threshold, crop_margin: as `inpaint`.
       batch_size: images of one padded size inpainted together, data-parallel over this
         process's devices (`inpaint_batch`); a failing batch is retried image by image.
       overwrite: replace existing outputs; skip_existing: keep the complete ones (resume an
@@ -152,7 +151,7 @@ def inpaint_files(source, output, mask=None, *, model=None, refine: bool = True,
     """
     if distributed:
         start_distributed(coordinator, num_processes, process_id)
-    settings = JobSettings(refine, config or RefineConfig(), mask_threshold, batch_size, crop_margin, overwrite,
+    settings = JobSettings(method, config or RefineConfig(), mask_threshold, batch_size, crop_margin, overwrite,
                            skip_existing)
     items, shared_mask, mode = find_items(source, mask, output, image_suffixes, keep_ext)
     model = resolve_model(model) if any(item.problem is None for item in items) else None
@@ -203,7 +202,7 @@ def plan_batches(items: list[Item], sizes: dict[int, tuple[int, int]], settings:
     one `batch_key` (in order of first appearance)."""
     buckets: dict[tuple, list[int]] = {}
     for index in sizes:
-        buckets.setdefault(batch_key(sizes[index], settings.refine, model, settings.config), []).append(index)
+        buckets.setdefault(batch_key(sizes[index], settings.method, model, settings.config), []).append(index)
     problems = [[index] for index in range(len(items)) if index not in sizes]
     return problems + [bucket[start:start + settings.batch_size]
                        for bucket in buckets.values() for start in range(0, len(bucket), settings.batch_size)]
@@ -306,7 +305,7 @@ def run_items(items: list[Item], model, settings: JobSettings, *, shared_mask: P
     """Inpaint `items` (see the module docstring); `model` a Lama (None when every item
     already has a problem). Returns the whole job's summary."""
     start = time.perf_counter()
-    if model is not None and settings.refine and settings.config.modulo % model.config.modulo:
+    if model is not None and settings.method == "refine" and settings.config.modulo % model.config.modulo:
         raise UsageError(f"modulo {settings.config.modulo} must be a multiple of the model's {model.config.modulo}")
     check_outputs(items, [shared_mask] if shared_mask is not None else [])
     mask_image = None
@@ -368,7 +367,7 @@ def _resume(batches: list[list[int]], items: list[Item], sizes, settings: JobSet
                             "to replace it)")
             return True
         h, w = sizes[index]
-        if settings.refine and not settings.config.full_size_output:
+        if settings.method == "refine" and not settings.config.full_size_output:
             h, w = budget_size(h, w, settings.config.px_budget)
         if output_complete(item.output, (h, w)):
             return False
@@ -455,11 +454,11 @@ class _Runner:
             return [done for done in [self._one(*opened[0])] if done is not None]
         start = time.perf_counter()
         try:
-            results, infos = inpaint_batch([image for _, image, _ in opened], [mask for *_, mask in opened],
-                                           self.model, refine=self.settings.refine, config=self.settings.config,
-                                           devices=self.devices, batch_size=len(opened),
-                                           progress=self.reporter.progress_callback(), return_info=True,
-                                           mask_threshold=self.settings.mask_threshold)
+            results, infos = inpaint_batch_with_info([image for _, image, _ in opened], [mask for *_, mask in opened],
+                                                     self.model, method=self.settings.method,
+                                                     config=self.settings.config, devices=self.devices,
+                                                     batch_size=len(opened), progress=self.reporter.progress_callback(),
+                                                     mask_threshold=self.settings.mask_threshold)
         except Exception:  # noqa: BLE001 - find the culprit image by image
             self.reporter.computed()
             return [done for done in (self._one(*x) for x in opened) if done is not None]
@@ -470,9 +469,10 @@ class _Runner:
     def _one(self, item: Item, image, mask):
         start = time.perf_counter()
         try:
-            result, info = inpaint(image, mask, self.model, refine=self.settings.refine, config=self.settings.config,
-                                   progress=self.reporter.progress_callback(), return_info=True,
-                                   crop_margin=self.settings.crop_margin, mask_threshold=self.settings.mask_threshold)
+            result, info = inpaint_with_info(image, mask, self.model, method=self.settings.method,
+                                             config=self.settings.config, progress=self.reporter.progress_callback(),
+                                             crop_margin=self.settings.crop_margin,
+                                             mask_threshold=self.settings.mask_threshold)
         except ValueError as e:  # size mismatch, unsupported image kind
             self.reporter.failed(item.image, str(e))
             return None

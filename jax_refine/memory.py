@@ -48,21 +48,21 @@ def _resident_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
-def estimate_memory(model: Lama, height: int, width: int, *, batch: int = 1, refine: bool = True,
+def estimate_memory(model: Lama, height: int, width: int, *, batch: int = 1, multiscale: bool = True,
                     config: RefineConfig = RefineConfig()) -> MemoryEstimate:
-    """Peak memory of `refine.multiscale` (or, with refine=False, `refine.predict`) on `batch`
+    """Peak memory of `refine.multiscale` (or, with multiscale=False, `refine.predict`) on `batch`
     images of height x width, without running it: each scale's program is compiled (XLA's
     compilation cache makes the real call's compilation cheap afterwards) and its buffer
     assignment read."""
     weights = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model)))
     scales = []
-    for program in programs(model, height, width, batch=batch, refine=refine, config=config):
+    for program in programs(model, height, width, batch=batch, multiscale=multiscale, config=config):
         stats = program.function.lower(*program.args, **program.kwargs).compile().memory_analysis()
         if stats is None:
             raise RuntimeError(f"the {jax.default_backend()} backend reports no memory statistics")
         used = stats.temp_size_in_bytes + stats.output_size_in_bytes + stats.argument_size_in_bytes - weights
         scales.append((program.padded_size, used))
-    sizes = [s.size for s in plan_scales(height, width, config)] if refine else [(height, width)]
+    sizes = [s.size for s in plan_scales(height, width, config)] if multiscale else [(height, width)]
     pixels = sum((h * w + hp * wp) * batch for (h, w), ((hp, wp), _) in zip(sizes, scales))
     # float32 RGB + mask per level and padded copy, plus the caller's input, result and output
     host = 16 * pixels + 3 * 16 * height * width * batch

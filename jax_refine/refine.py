@@ -195,9 +195,9 @@ class Program(NamedTuple):
     kwargs: dict
 
 
-def programs(model: Lama, height: int, width: int, *, batch: int = 1, refine: bool = True,
+def programs(model: Lama, height: int, width: int, *, batch: int = 1, multiscale: bool = True,
              config: RefineConfig = RefineConfig()) -> list[Program]:
-    """The programs `multiscale` (or with refine=False `predict`) runs for `batch` images of
+    """The programs `multiscale` (or with multiscale=False `predict`) runs for `batch` images of
     height x width, one per scale, with shape/dtype structs as arguments (for `memory` and
     `jax.export`)."""
     graphdef, state = nnx.split(model)
@@ -206,7 +206,7 @@ def programs(model: Lama, height: int, width: int, *, batch: int = 1, refine: bo
     def spec(*shape, dtype=jnp.float32):
         return jax.ShapeDtypeStruct(shape, dtype)
 
-    plan = plan_scales(height, width, config, model.config.modulo) if refine else [ScalePlan(
+    plan = plan_scales(height, width, config, model.config.modulo) if multiscale else [ScalePlan(
         (height, width), (padded(height, model.config.modulo), padded(width, model.config.modulo)), False, 1.0)]
     out = []
     for previous, scale in zip([None] + plan, plan):
@@ -221,7 +221,7 @@ def programs(model: Lama, height: int, width: int, *, batch: int = 1, refine: bo
         else:
             out.append(Program((hp, wp), _predict_program, (graphdef, state, spec(batch, hp, wp, 3),
                                                             spec(batch, hp, wp, 1)),
-                               dict(compute_dtype=config.compute_dtype if refine else "float32")))
+                               dict(compute_dtype=config.compute_dtype if multiscale else "float32")))
     return out
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_refine import inpaint
+from jax_refine import inpaint, inpaint_with_info
 
 from conftest import load_golden_image
 
@@ -18,9 +18,9 @@ def small():
 def test_uint8_float_and_pil_give_the_same_fill(tiny_model, small):
     image, mask = small
     assert mask.any() and not mask.all()
-    out_u8 = inpaint(image, mask, tiny_model, refine=False)
-    out_f = inpaint(image.astype(np.float32) / 255, mask, tiny_model, refine=False)
-    out_pil = inpaint(Image.fromarray(image), Image.fromarray(mask.astype(np.uint8) * 255), tiny_model, refine=False)
+    out_u8 = inpaint(image, mask, tiny_model, method="plain")
+    out_f = inpaint(image.astype(np.float32) / 255, mask, tiny_model, method="plain")
+    out_pil = inpaint(Image.fromarray(image), Image.fromarray(mask.astype(np.uint8) * 255), tiny_model, method="plain")
     assert out_u8.dtype == np.uint8 and out_f.dtype == np.float32 and isinstance(out_pil, Image.Image)
     np.testing.assert_array_equal(out_u8[~mask], image[~mask])  # known pixels bit-identical
     np.testing.assert_array_equal(np.asarray(out_pil), out_u8)
@@ -31,11 +31,11 @@ def test_uint8_float_and_pil_give_the_same_fill(tiny_model, small):
 def test_rgba_gray_and_16_bit(tiny_model, small):
     image, mask = small
     alpha = np.full(image.shape[:2] + (1,), 77, np.uint8)
-    rgba = inpaint(np.concatenate([image, alpha], -1), mask, tiny_model, refine=False)
+    rgba = inpaint(np.concatenate([image, alpha], -1), mask, tiny_model, method="plain")
     assert rgba.shape == image.shape[:2] + (4,) and (rgba[..., 3] == 77).all()
-    gray = inpaint(Image.fromarray(image).convert("L"), mask, tiny_model, refine=False)
+    gray = inpaint(Image.fromarray(image).convert("L"), mask, tiny_model, method="plain")
     assert gray.mode == "L" and gray.size == (80, 64)
-    sixteen = inpaint(image.astype(np.uint16) * 257, mask, tiny_model, refine=False)
+    sixteen = inpaint(image.astype(np.uint16) * 257, mask, tiny_model, method="plain")
     assert sixteen.dtype == np.uint16
     np.testing.assert_array_equal(sixteen[~mask], image[~mask].astype(np.uint16) * 257)
 
@@ -50,7 +50,7 @@ def test_exif_rotation_is_applied(tiny_model, small):
     pil.save(buffer, "JPEG", exif=exif.tobytes())
     rotated = Image.open(io.BytesIO(buffer.getvalue()))
     upright_mask = np.rot90(mask, -1)
-    out = inpaint(rotated, upright_mask, tiny_model, refine=False)
+    out = inpaint(rotated, upright_mask, tiny_model, method="plain")
     assert out.size == (64, 80)  # upright: width and height swapped
 
 
@@ -86,12 +86,12 @@ def test_plain_batches_group_by_padded_size(tiny_model, monkeypatch):
     group = api._inpaint_group
     monkeypatch.setattr(api, "_inpaint_group",
                         lambda sources, *a, **k: runs.append(len(sources)) or group(sources, *a, **k))
-    plain, infos = jax_refine.inpaint_batch(images, masks, tiny_model, refine=False, batch_size=3, return_info=True)
+    plain, infos = jax_refine.inpaint_batch_with_info(images, masks, tiny_model, method="plain", batch_size=3)
     assert runs == [3]
     assert [info.work_size for info in infos] == [(233, 296), (240, 290), (240, 290)]
     for im, m, out in zip(images, masks, plain):
-        np.testing.assert_allclose(out, inpaint(im, m, tiny_model, refine=False), atol=1e-5)
-    assert api.batch_key((233, 296), False, tiny_model) == (240, 296)
+        np.testing.assert_allclose(out, inpaint(im, m, tiny_model, method="plain"), atol=1e-5)
+    assert api.batch_key((233, 296), "plain", tiny_model) == (240, 296)
 
 
 def test_refined_batches_group_by_every_padded_level(tiny_model, monkeypatch):
@@ -105,19 +105,19 @@ def test_refined_batches_group_by_every_padded_level(tiny_model, monkeypatch):
     config = jax_refine.RefineConfig(min_side=100, n_iters=3)
     images = [image[:233], image[:, :290], image[:225]]
     masks = [mask[:233] > 0, mask[:, :290] > 0, mask[:225] > 0]
-    keys = [api.batch_key(im.shape[:2], True, None, config) for im in images]
+    keys = [api.batch_key(im.shape[:2], "refine", None, config) for im in images]
     assert keys[0] == keys[1] == ((120, 152), (240, 296), (120, 148)) and keys[2][0] == (112, 152)
     runs = []
     group = api._inpaint_group
     monkeypatch.setattr(api, "_inpaint_group",
                         lambda sources, *a, **k: runs.append(len(sources)) or group(sources, *a, **k))
-    batch, infos = jax_refine.inpaint_batch(images, masks, tiny_model, config=config, batch_size=3, return_info=True)
+    batch, infos = jax_refine.inpaint_batch_with_info(images, masks, tiny_model, config=config, batch_size=3)
     assert runs == [2, 1]
     assert [[s.size for s in info.scales] for info in infos] == [
         [(116, 148), (233, 296)], [(120, 145), (240, 290)], [(112, 148), (225, 296)]]
     assert [info.work_size for info in infos] == [(233, 296), (240, 290), (225, 296)]
     for im, m, out, info in zip(images, masks, batch, infos):
-        alone, alone_info = inpaint(im, m, tiny_model, config=config, return_info=True)
+        alone, alone_info = inpaint_with_info(im, m, tiny_model, config=config)
         np.testing.assert_allclose(out, alone, atol=1e-6)
         assert info.scales[-1].losses.shape == (3, 1)  # its own column of the run's losses
         np.testing.assert_allclose(info.scales[-1].losses, alone_info.scales[-1].losses, atol=1e-6)
@@ -138,10 +138,10 @@ def test_a_model_recommends_its_refinement_settings(tiny_model, small, tmp_path)
     config = dataclasses.replace(tiny_model.config, refine_defaults={"min_side": 32, "n_iters": 3})
     recommending = jax_refine.load(jax_refine.save(model_from_flat(flat, config), tmp_path / "m"))
     assert recommending.config.refine_defaults == (("min_side", 32), ("n_iters", 3))
-    out, info = inpaint(image, mask, recommending, return_info=True)
+    out, info = inpaint_with_info(image, mask, recommending)
     assert [s.iterations for s in info.scales] == [1, 3]  # 64 x 80 at min_side 32: two scales
     explicit = inpaint(image, mask, tiny_model, config=jax_refine.RefineConfig(min_side=32, n_iters=3))
     np.testing.assert_array_equal(out, explicit)
     # an explicit config replaces the recommendation
-    _, info = inpaint(image, mask, recommending, config=jax_refine.RefineConfig(), return_info=True)
+    _, info = inpaint_with_info(image, mask, recommending, config=jax_refine.RefineConfig())
     assert len(info.scales) == 1

@@ -72,7 +72,7 @@ def test_single_image(tmp_path, tiny_checkpoint, pairs, capsys):
     with Image.open(out) as written:
         assert written.format == "PNG" and written.size == SIZE and written.mode == "RGB"
     assert_known_pixels_kept(out, image, mask)
-    direct = jax_refine.inpaint(image, mask, tiny_checkpoint, refine=False)
+    direct = jax_refine.inpaint(image, mask, tiny_checkpoint, method="plain")
     np.testing.assert_array_equal(pixels(out), np.asarray(direct))
     assert "1 done, 0 failed" in capsys.readouterr().out
     assert leftovers(out.parent) == []
@@ -89,7 +89,7 @@ def test_refine_with_progress_bars(tmp_path, tiny_checkpoint, pairs, capsys, mon
     err = capsys.readouterr().err
     assert "scale 2/2 80x64" in err  # the inner bar followed the Progress events
     config = jax_refine.RefineConfig(min_side=32, n_iters=2)
-    direct, info = jax_refine.inpaint(image, mask, tiny_checkpoint, config=config, return_info=True)
+    direct, info = jax_refine.inpaint_with_info(image, mask, tiny_checkpoint, config=config)
     assert [s.size for s in info.scales] == [(32, 40), (64, 80)]
     np.testing.assert_allclose(pixels(out), np.asarray(direct), atol=1)
     assert_known_pixels_kept(out, image, mask)
@@ -384,7 +384,7 @@ def test_crop_margin_option(tmp_path, tiny_checkpoint, pairs, capsys):
     image, mask, out = saved_photo(tmp_path, pairs)
     assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", out, "--no-refine",
                "--crop-margin", 1000, *inpaint_args(tiny_checkpoint)) == 0
-    whole = jax_refine.inpaint(image, mask, str(tiny_checkpoint), refine=False)
+    whole = jax_refine.inpaint(image, mask, str(tiny_checkpoint), method="plain")
     np.testing.assert_array_equal(pixels(out), np.asarray(whole))  # the crop is the whole image
     assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", tmp_path / "x.png",
                "--crop-margin", -5, *inpaint_args(tiny_checkpoint)) == cli.EXIT_USAGE

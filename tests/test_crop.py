@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jax_refine import RefineConfig, inpaint
+from jax_refine import RefineConfig, inpaint, inpaint_with_info
 from jax_refine.crop import hole_regions
 
 from conftest import load_golden_image
@@ -31,7 +31,7 @@ def test_crop_inpaints_each_region_as_its_own_image(tiny_model):
     hole[220:250, 300:330] = True
     u8 = (image * 255).round().astype(np.uint8)
     config = RefineConfig(min_side=64, n_iters=3)
-    out, info = inpaint(u8, hole, tiny_model, config=config, crop_margin=32, return_info=True)
+    out, info = inpaint_with_info(u8, hole, tiny_model, config=config, crop_margin=32)
     assert info.crops == [(8, 18, 92, 112), (188, 268, 282, 362)]
     expected = u8.copy()
     for top, left, bottom, right in info.crops:
@@ -40,5 +40,5 @@ def test_crop_inpaints_each_region_as_its_own_image(tiny_model):
     np.testing.assert_array_equal(out, expected)
     assert np.array_equal(out[~hole], u8[~hole])
     # a margin covering the image: one crop, the whole image, the same as no cropping
-    whole = inpaint(u8, hole, tiny_model, refine=False)
-    np.testing.assert_array_equal(inpaint(u8, hole, tiny_model, refine=False, crop_margin=400), whole)
+    whole = inpaint(u8, hole, tiny_model, method="plain")
+    np.testing.assert_array_equal(inpaint(u8, hole, tiny_model, method="plain", crop_margin=400), whole)

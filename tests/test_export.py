@@ -22,7 +22,7 @@ from jax_refine.model import TINY_LAMA, Lama, eval_mode
 def test_every_program_exports_for_cuda_and_tpu(kernels, compute_dtype):
     model = eval_mode(Lama(TINY_LAMA, rngs=nnx.Rngs(0), kernels=kernels))
     config = RefineConfig(min_side=32, n_iters=3, early_stop=0.01, tile_pixels=80 * 16, compute_dtype=compute_dtype)
-    programs = refine.programs(model, 64, 80, config=config) + refine.programs(model, 64, 80, refine=False)
+    programs = refine.programs(model, 64, 80, config=config) + refine.programs(model, 64, 80, multiscale=False)
     assert [p.padded_size for p in programs] == [(32, 40), (64, 80), (64, 80)]
     for program in programs:
         kwargs = dict(program.kwargs, report=False) if "report" in program.kwargs else program.kwargs

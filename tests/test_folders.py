@@ -143,7 +143,7 @@ def test_alpha_masks_threshold_and_large_hole_warning(tmp_path, tiny_checkpoint,
     assert (~photo[1]).mean() > 0.5 > photo[1].mean()
     assert f"warning: {data / 'b_mask.png'}: the hole covers {100 * (~photo[1]).mean():.1f} % of the image" in err
     assert err.count("warning:") == 1  # the alpha mask and the thresholded grey one: the small hole
-    reference = np.asarray(jax_refine.inpaint(photo[0], photo[1], tiny_checkpoint, refine=False))
+    reference = np.asarray(jax_refine.inpaint(photo[0], photo[1], tiny_checkpoint, method="plain"))
     for name in ("a_mask.png", "c_mask.png"):
         np.testing.assert_array_equal(np.asarray(Image.open(out / name)), reference)
     assert run("inpaint", data, "-o", tmp_path / "x", "--mask-threshold", 1) == cli.EXIT_USAGE
@@ -194,14 +194,14 @@ def test_inpaint_files_is_the_cli_job_from_python(tmp_path, tiny_model, photo, c
     mask_image(photo[1][::-1]).save(data / "a_mask002.png")
     (data / "bad.png").write_bytes(b"not a png")
     mask_image(photo[1]).save(data / "bad_mask.png")
-    summary = jax_refine.inpaint_files(data, out, model=tiny_model, refine=False, batch_size=2)
+    summary = jax_refine.inpaint_files(data, out, model=tiny_model, method="plain", batch_size=2)
     assert (summary.done, summary.skipped, summary.processes) == (2, 0, 1)
     assert summary.failures == [(str(data / "bad.png"), "cannot read image: not an image file of a format PIL reads")]
     assert capsys.readouterr() == ("", "")  # not verbose: nothing printed
     for name, hole in (("a_mask001.png", photo[1]), ("a_mask002.png", photo[1][::-1])):
-        alone = jax_refine.inpaint(photo[0], hole, tiny_model, refine=False)
+        alone = jax_refine.inpaint(photo[0], hole, tiny_model, method="plain")
         assert np.abs(np.asarray(Image.open(out / name)).astype(int) - np.asarray(alone)).max() <= 1
-    again = jax_refine.inpaint_files(data, out, model=tiny_model, refine=False, skip_existing=True)
+    again = jax_refine.inpaint_files(data, out, model=tiny_model, method="plain", skip_existing=True)
     assert (again.done, again.skipped, len(again.failures)) == (0, 2, 1)
     with pytest.raises(files.UsageError, match="overwrite replaces existing outputs, skip_existing keeps them"):
         jax_refine.inpaint_files(data, out, model=tiny_model, overwrite=True, skip_existing=True)

@@ -154,7 +154,7 @@ def test_names_work_in_inpaint_and_the_cli(zip_bytes, cache, tiny_entry, tmp_pat
     try:
         tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
         image, mask = load_golden_image("astronaut_251x317")
-        filled = jax_refine.inpaint(image, mask, model="tiny-lama", refine=False)
+        filled = jax_refine.inpaint(image, mask, model="tiny-lama", method="plain")
         np.testing.assert_allclose(filled, np.load(GOLDEN / "predict_astronaut_251x317.npy"), rtol=0, atol=1e-5)
         Image.fromarray((image * 255).round().astype(np.uint8)).save(tmp_path / "a.png")
         Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / "a_mask.png")

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import jax_refine
-from jax_refine import RefineConfig, images, inpaint
+from jax_refine import RefineConfig, images, inpaint, inpaint_with_info
 from jax_refine import plan
 from jax_refine import pyramid
 
@@ -30,7 +30,7 @@ def photo():
 def references(photo, tiny_model):
     """The plain fills of the RGB photo and of its L version (int arrays)."""
     rgb, hole = photo
-    return {mode: np.asarray(inpaint(rgb.convert(mode), hole, tiny_model, refine=False)).astype(int)
+    return {mode: np.asarray(inpaint(rgb.convert(mode), hole, tiny_model, method="plain")).astype(int)
             for mode in ("RGB", "L")}
 
 
@@ -63,7 +63,7 @@ def test_8_bit_modes_keep_known_pixels_and_fill_as_rgb_or_grey(mode, photo, refe
     make, out_mode, ref_mode, mean_error = MODES[mode]
     image, hole = make(photo[0]), photo[1]
     assert image.mode == mode
-    out = inpaint(image, hole, tiny_model, refine=False)
+    out = inpaint(image, hole, tiny_model, method="plain")
     assert out.mode == out_mode and out.size == image.size
     source = image if image.mode == out_mode else image.convert(out_mode)
     np.testing.assert_array_equal(np.asarray(out)[~hole], np.asarray(source)[~hole])
@@ -76,10 +76,10 @@ def test_8_bit_modes_keep_known_pixels_and_fill_as_rgb_or_grey(mode, photo, refe
 @pytest.mark.parametrize("mode, out_mode", [("1", "L"), ("P", "RGB"), ("PA", "RGBA")])
 def test_bilevel_and_palette_images_are_read_as_pil_converts_them(mode, out_mode, photo, tiny_model):
     image, hole = photo[0].convert("RGBA" if mode == "PA" else "RGB").convert(mode), photo[1]
-    out = inpaint(image, hole, tiny_model, refine=False)
+    out = inpaint(image, hole, tiny_model, method="plain")
     assert out.mode == out_mode
     np.testing.assert_array_equal(np.asarray(out), np.asarray(inpaint(image.convert(out_mode), hole, tiny_model,
-                                                                      refine=False)))
+                                                                      method="plain")))
 
 
 @pytest.mark.parametrize("mode", ["I;16", "I;16B", "I;16L", "I;16N", "I"])
@@ -89,7 +89,7 @@ def test_16_bit_grey_is_inpainted_at_16_bits(mode, photo, references, tiny_model
     layout = {"I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I;16N": "=u2", "I": "=i4"}[mode]
     image = Image.frombytes(mode, (80, 64), grey.astype(layout).tobytes())  # PIL's convert() clips to 8 bits
     assert image.mode == mode
-    out = inpaint(image, photo[1], tiny_model, refine=False)
+    out = inpaint(image, photo[1], tiny_model, method="plain")
     assert out.mode == ("I" if mode == "I" else "I;16")
     values, hole = np.asarray(out).astype(int), photo[1]
     np.testing.assert_array_equal(values[~hole], grey[~hole])
@@ -101,7 +101,7 @@ def test_16_bit_png_file_round_trip(tmp_path, photo, tiny_model):
     grey = np.asarray(photo[0].convert("L")).astype(np.uint16) * 257
     Image.fromarray(grey).save(tmp_path / "g16.png")
     with Image.open(tmp_path / "g16.png") as image:
-        out = inpaint(image, photo[1], tiny_model, refine=False)
+        out = inpaint(image, photo[1], tiny_model, method="plain")
     out.save(tmp_path / "out.png")
     with Image.open(tmp_path / "out.png") as written:
         assert written.mode == "I;16"
@@ -114,7 +114,7 @@ def test_float_tiff_keeps_its_values(tmp_path, photo, references, tiny_model):
     Image.fromarray(grey).save(tmp_path / "f.tif")
     with Image.open(tmp_path / "f.tif") as image:
         assert image.mode == "F"
-        out = inpaint(image, photo[1], tiny_model, refine=False)
+        out = inpaint(image, photo[1], tiny_model, method="plain")
     assert out.mode == "F"
     values, hole = np.asarray(out), photo[1]
     np.testing.assert_array_equal(values[~hole], grey[~hole])
@@ -128,7 +128,7 @@ def test_float_tiff_keeps_its_values(tmp_path, photo, references, tiny_model):
 def test_grey_alpha_arrays(photo, references, tiny_model):
     grey = np.asarray(photo[0].convert("L"))
     la = np.stack([grey, np.full_like(grey, 200)], axis=-1)
-    out = inpaint(la, photo[1], tiny_model, refine=False)
+    out = inpaint(la, photo[1], tiny_model, method="plain")
     assert out.shape == la.shape and (out[..., 1] == 200).all()
     np.testing.assert_array_equal(out[..., 0], references["L"])
 
@@ -181,22 +181,22 @@ def test_mask_threshold_for_lossy_masks(tiny_model, photo):
     for bad in (1.0, -0.1, float("nan"), "0.5", True):
         with pytest.raises(ValueError, match="mask_threshold must be a number in"):
             inpaint(np.asarray(photo[0]), HOLE, tiny_model, mask_threshold=bad)
-    out = inpaint(photo[0], jpeg, tiny_model, refine=False, mask_threshold=0.5)
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(inpaint(photo[0], HOLE, tiny_model, refine=False)))
+    out = inpaint(photo[0], jpeg, tiny_model, method="plain", mask_threshold=0.5)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(inpaint(photo[0], HOLE, tiny_model, method="plain")))
 
 
 def test_large_holes_warn(tiny_model, photo):
     inverted = ~HOLE
     with pytest.warns(jax_refine.LargeHoleWarning, match=r"the hole covers 88.3 % of the image"):
-        _, info = inpaint(photo[0], inverted, tiny_model, refine=False, return_info=True)
+        _, info = inpaint_with_info(photo[0], inverted, tiny_model, method="plain")
     assert info.hole_fraction == pytest.approx(inverted.mean())
     with pytest.warns(jax_refine.LargeHoleWarning, match=r"image 1: the hole covers 88.3 %"):
-        _, infos = jax_refine.inpaint_batch([photo[0]] * 2, [HOLE, inverted], tiny_model, refine=False,
-                                            return_info=True)
+        _, infos = jax_refine.inpaint_batch_with_info([photo[0]] * 2, [HOLE, inverted], tiny_model, method="plain",
+                                            )
     assert [info.hole_fraction for info in infos] == pytest.approx([HOLE.mean(), inverted.mean()])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        inpaint(photo[0], HOLE, tiny_model, refine=False)  # 11.7 %: no warning
+        inpaint(photo[0], HOLE, tiny_model, method="plain")  # 11.7 %: no warning
 
 
 def test_bad_masks_give_clear_errors():
@@ -220,7 +220,7 @@ def test_tiny_images_with_extreme_settings(tiny_model):
         image = np.asarray(Image.new("RGB", (w, h), (90, 140, 30)))
         hole = np.zeros((h, w), bool)
         hole[:, w // 2 + 1:] = True
-        out, info = inpaint(image, hole, tiny_model, config=RefineConfig(n_iters=2, **settings), return_info=True)
+        out, info = inpaint_with_info(image, hole, tiny_model, config=RefineConfig(n_iters=2, **settings))
         assert [s.size for s in info.scales] == sizes
         assert out.shape == image.shape and np.array_equal(out[~hole], image[~hole])
 

@@ -347,5 +347,5 @@ def test_memory_estimate_reads_xla_buffer_sizes(tiny_model):
     z_bytes = 152 // 8 * 200 // 8 * sum(tiny_model.config.z_channels) * 4
     assert est.scales[1][1] > z_bytes + 152 * 200 * 3 * 4
     assert est.scales[1][1] > est.scales[0][1]  # the backward pass needs more than a forward
-    plain = memory.estimate_memory(tiny_model, 150, 200, refine=False, config=config)
+    plain = memory.estimate_memory(tiny_model, 150, 200, multiscale=False, config=config)
     assert [size for size, _ in plain.scales] == [(152, 200)] and plain.program_bytes < est.program_bytes

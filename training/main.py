@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -24,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 import jax_refine

@@ -34,7 +34,6 @@ import dataclasses
 import fnmatch
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
