@@ -77,7 +77,7 @@ class RefineConfig:
     max_scales: int = 3
     px_budget: int = 1_800_000
     modulo: int = 8
-    erosion: int = 15
+    erosion: int = pyramid.EROSION_SIZE
     full_size_output: bool = True
     early_stop: float | None = None
     early_stop_window: int = 3

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write the README's example: a held-out photo and a thick stroke mask, in examples/.
 
-    python scripts/prepare_data.py && python scripts/make_example.py
+    python -m training.sources && python scripts/make_example.py
 
 The photo is mate-backgrounds' nature/Dune.jpg (1680 x 1050, GPL-2+, see examples/README.md),
 held out from training (data/manifest.json), resized (Lanczos) to 1024 px on its long side so

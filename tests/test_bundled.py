@@ -22,23 +22,27 @@ def psnr(a, b):
 def test_bundled_model_is_the_trained_small_generator():
     meta = json.loads((api.BUNDLED_WEIGHTS / "jax_refine.json").read_text())
     model = jax_refine.default_model()
-    assert model.config == jax_refine.LamaConfig(ngf=32, n_downsampling=3, n_blocks=8)
-    assert meta["source"]["trained_by"].startswith("jax_refine.train")
-    assert "mate-backgrounds/Dune" in meta["source"]["heldout_photos"]  # the example was never trained on
-    assert not set(meta["source"]["train_photos"]) & set(meta["source"]["heldout_photos"])
+    assert model.config == jax_refine.LamaConfig(ngf=32, n_downsampling=3, n_blocks=8, hole_fill="pull-push",
+                                                 output="residual", refine_defaults=(("min_side", 512),))
+    assert meta["source"]["trained_by"].startswith("training")
+    heldout = set(meta["source"]["heldout_photos"])
+    assert "mate-backgrounds/Dune" in heldout and len(heldout) >= 8  # the example was never trained on
+    assert len({name.split("/")[0] for name in heldout}) >= 3 and not set(meta["source"]["train_photos"]) & heldout
     size = sum(f.stat().st_size for f in api.BUNDLED_WEIGHTS.rglob("*") if f.is_file())
-    assert size < 25e6 and count_parameters(model) > 5e6
+    assert size < 50e6 and count_parameters(model) > 5e6
 
 
-def test_bundled_model_fills_a_held_out_photo_better_than_its_mean_colour():
+def test_bundled_model_fills_a_held_out_photo_in_its_own_colours():
     image = np.asarray(Image.open(EXAMPLE).convert("RGB").resize((512, 320), Image.Resampling.LANCZOS), np.float32) / 255
     hole = np.zeros((320, 512), bool)
-    hole[100:220, 180:330] = True  # grass and sky edge
+    hole[100:220, 180:330] = True  # grass, sea and sky
     result = jax_refine.inpaint(image, hole, method="plain")
     mean_fill = np.where(hole[..., None], image[~hole].mean(0), image)
     assert np.array_equal(result[~hole], image[~hole])
-    # measured: 14.8 dB vs 13.7 dB for the mean colour (a barely trained model: 10.8 dB)
-    assert psnr(result[hole], image[hole]) > psnr(mean_fill[hole], image[hole]) + 0.5
+    # measured: 16.9 dB; the mean colour 13.7 dB, cv2 Telea 16.4 dB (the old green-painting model: 14.8)
+    assert psnr(result[hole], image[hole]) > psnr(mean_fill[hole], image[hole]) + 2.5
+    # colour cast (uint8 levels between the fill's and the photo's mean colour): measured 9.9, Telea 12.9
+    assert np.abs(result[hole].mean(0) - image[hole].mean(0)).mean() * 255 < 11
 
 
 def test_readme_main_command_shape(tmp_path):
