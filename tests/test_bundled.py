@@ -23,7 +23,8 @@ def test_bundled_model_is_the_trained_small_generator():
     meta = json.loads((api.BUNDLED_WEIGHTS / "jax_refine.json").read_text())
     model = jax_refine.default_model()
     assert model.config == jax_refine.LamaConfig(ngf=32, n_downsampling=3, n_blocks=8, hole_fill="pull-push",
-                                                 output="residual", refine_defaults=(("min_side", 512),))
+                                                 output="residual",
+                                                 refine_defaults=(("max_scales", 1), ("min_side", 512), ("px_budget", 8388608)))
     assert meta["source"]["trained_by"].startswith("training")
     heldout = set(meta["source"]["heldout_photos"])
     assert "mate-backgrounds/Dune" in heldout and len(heldout) >= 8  # the example was never trained on
