@@ -73,6 +73,7 @@ def test_bad_input_gives_a_clear_error(bad_image, bad_mask, message):
         inpaint(bad_image, bad_mask, model="/nonexistent/model")
 
 
+@pytest.mark.slow
 def test_plain_batches_group_by_padded_size(tiny_model, monkeypatch):
     """Without refinement, 233x296 and 240x290 (both padded to 240x296) share one run; with
     refinement they run apart (their pyramids differ). Each result equals inpainting alone."""
@@ -94,6 +95,7 @@ def test_plain_batches_group_by_padded_size(tiny_model, monkeypatch):
     assert api.batch_key((233, 296), "plain", tiny_model) == (240, 296)
 
 
+@pytest.mark.slow
 def test_refined_batches_group_by_every_padded_level(tiny_model, monkeypatch):
     """233x296 and 240x290 pad to 240x296 and their half-size levels (116x148, 120x145) to
     120x152: one run, each image its own pyramid and the result it gets alone. 225x296
@@ -123,6 +125,7 @@ def test_refined_batches_group_by_every_padded_level(tiny_model, monkeypatch):
         np.testing.assert_allclose(info.scales[-1].losses, alone_info.scales[-1].losses, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_model_recommends_its_refinement_settings(tiny_model, small, tmp_path):
     import dataclasses
 

@@ -44,8 +44,8 @@ def test_refine_benchmark_compares_jax_python_loop_and_torch():
 
 @pytest.mark.slow
 def test_memory_benchmark_compares_estimate_with_peak():
-    out = run_benchmark("memory", "--sizes", "64", "--remat", "none,all", "--n-blocks", "1")
-    assert "| 64² | 32 → 64 | all |" in out and "all / none: peak RSS" in out
+    out = run_benchmark("memory", "--sizes", "64", "--remat", "none", "--n-blocks", "1")
+    assert "| 64² | 64 | none |" in out  # below min_side 512: one scale
 
 
 @pytest.mark.slow
@@ -62,8 +62,7 @@ def test_pipeline_benchmark_compares_loader_modes():
 
 @pytest.mark.slow
 def test_quality_benchmark_writes_its_table(heldout_data, tmp_path):
-    quality_md = tmp_path / "QUALITY.md"
-    quality_md.write_text("# Quality\n")
+    quality_md = tmp_path / "QUALITY.md"  # created with the table's markers
     run_benchmark("quality", "--data", str(heldout_data), "--out", str(tmp_path / "runs"), "--sizes", "160",
                   "--kinds", "thick", "--methods", "default,plain,prior", "--quality-md", str(quality_md))
     text = quality_md.read_text()
@@ -73,5 +72,5 @@ def test_quality_benchmark_writes_its_table(heldout_data, tmp_path):
 
 @pytest.mark.slow
 def test_crop_benchmark_compares_crops_with_the_whole_image(heldout_data):
-    out = run_benchmark("crop", "--data", str(heldout_data), "--size", "256", "--margin", "32")
+    out = run_benchmark("crop", "--data", str(heldout_data), "--size", "800", "--margin", "32")
     assert "dune" in out

@@ -33,6 +33,7 @@ def test_bundled_model_is_the_trained_small_generator():
     assert size < 50e6 and count_parameters(model) > 5e6
 
 
+@pytest.mark.slow
 def test_bundled_model_fills_a_held_out_photo_in_its_own_colours():
     image = np.asarray(Image.open(EXAMPLE).convert("RGB").resize((512, 320), Image.Resampling.LANCZOS), np.float32) / 255
     hole = np.zeros((320, 512), bool)
@@ -46,6 +47,7 @@ def test_bundled_model_fills_a_held_out_photo_in_its_own_colours():
     assert np.abs(result[hole].mean(0) - image[hole].mean(0)).mean() * 255 < 11
 
 
+@pytest.mark.slow
 def test_readme_main_command_shape(tmp_path):
     """`jax-refine inpaint IMAGE MASK -o OUT` with no --model uses the bundled model (on a crop,
     for speed; the full example is timed in BENCHMARKS.md)."""

@@ -78,6 +78,7 @@ def test_single_image(tmp_path, tiny_checkpoint, pairs, capsys):
     assert leftovers(out.parent) == []
 
 
+@pytest.mark.slow
 def test_refine_with_progress_bars(tmp_path, tiny_checkpoint, pairs, capsys, monkeypatch):
     monkeypatch.setattr(jobs, "_use_bars", lambda: True)
     image, mask = pairs["chelsea"]
@@ -124,6 +125,7 @@ def test_lama_folder_with_bad_items(tmp_path, tiny_checkpoint, pairs, capsys):
     assert "1 done, 4 failed" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_batches_are_grouped_from_headers(tmp_path, tiny_checkpoint, pairs, monkeypatch):
     """--batch-size groups the items by their files' headers (EXIF orientation applied)."""
     data = tmp_path / "data"
@@ -175,6 +177,7 @@ def test_pipeline_holds_a_bounded_number_of_images(tmp_path, tiny_checkpoint, pa
     assert max(seen) >= 2  # decoding ran ahead of the devices
 
 
+@pytest.mark.slow
 def test_batches_equal_single_images_and_a_bad_item_fails_alone(tmp_path, tiny_checkpoint, pairs, capsys):
     data = tmp_path / "data"
     data.mkdir()
@@ -330,6 +333,7 @@ def test_convert_command(tmp_path, capsys):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_scripts_in_a_subprocess(tmp_path, tiny_checkpoint, pairs):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # the clone script finds the package on its own
@@ -350,6 +354,7 @@ def test_scripts_in_a_subprocess(tmp_path, tiny_checkpoint, pairs):
     assert any((tmp_path / "cache").iterdir())
 
 
+@pytest.mark.slow
 def test_report_and_early_stop(tmp_path, tiny_checkpoint, pairs, capsys):
     image, mask, out = saved_photo(tmp_path, pairs)
     # early stop 1.0 with a window of 1: every iteration "improves by less than 100 %", so the
@@ -367,6 +372,7 @@ def test_report_and_early_stop(tmp_path, tiny_checkpoint, pairs, capsys):
     assert "--early-stop must be None or a number >= 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_adaptive_scale_schedule_option(tmp_path, tiny_checkpoint, pairs, capsys):
     image, mask, out = saved_photo(tmp_path, pairs)
     # 80x64 with min side 24: two scales; halving would make the coarse one 40x32
@@ -391,6 +397,7 @@ def test_crop_margin_option(tmp_path, tiny_checkpoint, pairs, capsys):
     assert "--crop-margin must be >= 0, got -5" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_dry_run_estimates_and_writes_nothing(tmp_path, tiny_checkpoint, pairs, capsys):
     image, mask, out = saved_photo(tmp_path, pairs)
     assert run("inpaint", tmp_path / "photo.png", tmp_path / "photo_mask.png", "-o", out, "--dry-run",
@@ -411,6 +418,7 @@ def test_report_plot_needs_matplotlib(tmp_path, tiny_checkpoint, pairs, capsys, 
     assert not (tmp_path / "out.png").exists()
 
 
+@pytest.mark.slow
 def test_report_plot_is_written_beside_the_output(tmp_path, tiny_checkpoint, pairs):
     pytest.importorskip("matplotlib")  # a test dependency; optional for users
     image, mask = pairs["coffee"]
@@ -423,6 +431,7 @@ def test_report_plot_is_written_beside_the_output(tmp_path, tiny_checkpoint, pai
     assert not leftovers(tmp_path)
 
 
+@pytest.mark.slow
 def test_unset_options_take_the_models_recommended_settings(tmp_path, tiny_model, pairs, capsys):
     import dataclasses
 

@@ -63,6 +63,7 @@ def _golden_generator():
     return {k: np.array(v) for k, v in state.items()}, hparams
 
 
+@pytest.mark.slow
 def test_big_lama_layout_converts_to_exactly_50975875_parameters(tmp_path):
     rng = np.random.default_rng(0)
     lines = [l.split("\t") for l in (GOLDEN / "keys_biglama.txt").read_text().splitlines() if not l.startswith("#")]
@@ -245,6 +246,7 @@ def test_published_formats_convert_to_the_same_model(published, kind, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging dir, no extracted file left
 
 
+@pytest.mark.slow
 def test_formats_are_recognised_by_content_not_name(published, tmp_path, tiny_checkpoint):
     for kind, path in published.items():
         if path.is_file():
@@ -305,6 +307,7 @@ print(codes, Blocker.attempts, sorted(m for m in sys.modules if m == "torch" or 
 """
 
 
+@pytest.mark.slow
 def test_cli_converts_every_published_format_without_torch(published, tmp_path):
     """`jax-refine convert` of TorchScript, the zip, the folder and safetensors in a process
     where importing torch fails: every conversion succeeds and no import of torch is tried."""
@@ -318,6 +321,7 @@ def test_cli_converts_every_published_format_without_torch(published, tmp_path):
     assert all((tmp_path / kind / "jax_refine.json").is_file() for kind in published)
 
 
+@pytest.mark.slow
 def test_converter_works_where_import_torch_fails(tmp_path):
     script = f"""
 import sys

@@ -24,6 +24,7 @@ def test_hole_regions_grow_clip_and_merge():
         hole_regions(hole, -1)
 
 
+@pytest.mark.slow
 def test_crop_inpaints_each_region_as_its_own_image(tiny_model):
     image, _ = load_golden_image("coffee_300x400")
     hole = np.zeros((300, 400), bool)

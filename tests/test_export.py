@@ -19,6 +19,7 @@ from jax_refine.model import TINY_LAMA, Lama, eval_mode
 
 @pytest.mark.parametrize("kernels", ops.KERNELS)
 @pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+@pytest.mark.slow
 def test_every_program_exports_for_cuda_and_tpu(kernels, compute_dtype):
     model = eval_mode(Lama(TINY_LAMA, rngs=nnx.Rngs(0), kernels=kernels))
     config = RefineConfig(min_side=32, n_iters=3, early_stop=0.01, tile_pixels=80 * 16, compute_dtype=compute_dtype)

@@ -210,6 +210,7 @@ _GOLDEN_STATE, _GOLDEN_HP = tw.golden_checkpoint()
                                   hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=5)),
                        min_size=1, max_size=4),
        st.lists(st.sampled_from(sorted(_GOLDEN_STATE)), max_size=3))
+@pytest.mark.slow
 def test_converter_on_random_tensors(replaced, removed):
     """The golden generator with some tensors replaced by random shapes and dtypes, some removed."""
     state = {k: v for k, v in {**_GOLDEN_STATE, **replaced}.items() if k not in removed}

@@ -213,6 +213,7 @@ def test_bad_masks_give_clear_errors():
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tiny_images_with_extreme_settings(tiny_model):
     """The issue's cases (ZeroDivisionError before): refined, with as many scales as fit."""
     for (h, w), settings, sizes in [((7, 9), dict(min_side=1, max_scales=5), [(1, 2), (3, 4), (7, 9)]),

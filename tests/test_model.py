@@ -28,6 +28,7 @@ def test_parameter_count(config, expected):
     assert count_parameters(abstract_model(config)) == expected
 
 
+@pytest.mark.slow
 def test_front_rear_split():
     model = eval_mode(Lama(TINY_LAMA, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
@@ -45,6 +46,7 @@ def test_front_rear_split():
     np.testing.assert_allclose(np.asarray(full(state, x[1:])), np.asarray(y[1:]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_gradient():
     model = eval_mode(Lama(TINY_LAMA, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
@@ -64,6 +66,7 @@ def test_remat_gives_the_same_gradient():
 
 
 @pytest.mark.parametrize("tile_pixels, rows", [(56 * 6, 6), (56 * 2, 2), (56 * 16, 16)])
+@pytest.mark.slow
 def test_tiled_tail_matches_the_whole_image(tile_pixels, rows):
     """remat="decoder" runs the last upsampler and the head in row tiles: 40 rows in tiles of 6
     (the last overlapping its neighbour), of 2 (the smallest), of 16 (three tiles whose
@@ -104,6 +107,7 @@ def test_bad_config_is_refused(kwargs):
         LamaConfig(**kwargs)
 
 
+@pytest.mark.slow
 def test_big_lama_matches_an_independent_torch_reference():
     """Full Big-LaMa configuration, random weights and BatchNorm statistics, 256 x 256."""
     torch = pytest.importorskip("torch")
@@ -134,6 +138,7 @@ def test_big_lama_matches_an_independent_torch_reference():
     assert 0.05 < out_t.std()  # a non-degenerate output (not saturated)
 
 
+@pytest.mark.slow
 def test_training_mode_updates_every_batch_norm():
     """Training-mode forwards update the running statistics of all BatchNorms, including those
     of the residual blocks (which run inside lax.scan); eval mode changes none."""

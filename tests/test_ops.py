@@ -50,6 +50,7 @@ def test_up_conv_paths_agree(in_loop):
     _assert_close(_grads(cpu, x, k), _grads(xla, x, k))
 
 
+@pytest.mark.slow
 def test_the_whole_model_agrees_on_both_paths():
     """Forward, input gradient (refinement) and parameter gradient (training) of the tiny
     generator with every conv on one path, then on the other."""

@@ -64,6 +64,7 @@ def test_smooth_images_are_filled_far_better_than_by_zeros_or_the_mean():
     assert rmse(_fill(image, mask)) < 0.3 * rmse(mean) < 0.3 * rmse(image * (1 - mask))  # measured 0.040 / 0.18
 
 
+@pytest.mark.slow
 def test_the_smoothing_steps_help_on_a_photo():
     from PIL import Image
 
@@ -80,6 +81,7 @@ def test_the_smoothing_steps_help_on_a_photo():
     assert psnr(_fill(image, mask)) > psnr(_fill(image, mask, smoothing=0)) + 0.5  # measured 18.63 vs 17.81 dB
 
 
+@pytest.mark.slow
 def test_batch_images_are_filled_independently_and_an_all_hole_image_gives_zeros():
     a, b = _smooth_image(40, 40, 1), _smooth_image(40, 40, 2)
     mask = _hole(40, 40)
@@ -88,6 +90,7 @@ def test_batch_images_are_filled_independently_and_an_all_hole_image_gives_zeros
     assert np.all(both[1] == 0)
 
 
+@pytest.mark.slow
 def test_hole_fill_kinds():
     image, mask = _smooth_image(32, 32), _hole(32, 32)
     np.testing.assert_array_equal(np.asarray(hole_fill("zeros", image[None], mask[None]))[0], image * (1 - mask))
@@ -97,6 +100,7 @@ def test_hole_fill_kinds():
         hole_fill("mean", image[None], mask[None])
 
 
+@pytest.mark.slow
 def test_a_new_residual_model_returns_about_its_hole_fill():
     config = LamaConfig(ngf=8, n_blocks=1, hole_fill="pull-push", output="residual")
     model = Lama(config, rngs=nnx.Rngs(0))

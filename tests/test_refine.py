@@ -24,6 +24,7 @@ def _binary(mask):
 
 
 @pytest.mark.parametrize("case", GOLDEN_REFINE)
+@pytest.mark.slow
 def test_refinement_matches_golden(tiny_model, case):
     meta, expected = load_golden_case(case)
     image, mask = load_golden_image(meta["image"][: -len(".png")])
@@ -43,6 +44,7 @@ def test_refinement_matches_golden(tiny_model, case):
     assert diff.max() <= MAX_TOLERANCE.get(case, 2e-2)
 
 
+@pytest.mark.slow
 def test_budget_case_through_the_public_api(tiny_model):
     meta, expected = load_golden_case("refine_budget_coffee")
     image, mask = load_golden_image("coffee_300x400")
@@ -131,6 +133,7 @@ def test_blur_matrix_of_any_sigma_is_its_definition(sigma):
         pyramid.blur_matrix(4, 1.6)
 
 
+@pytest.mark.slow
 def test_adaptive_refinement_matches_the_torch_reference(tiny_model):
     """Three adaptive scales (the middle step < 2x, so the previous result needs its own padded
     frame) against the PyTorch reference run with the same schedule."""
@@ -207,6 +210,7 @@ def test_masked_l1_is_the_mean_over_selected_elements():
     assert np.all(np.asarray(g) == 0)
 
 
+@pytest.mark.slow
 def test_both_loss_terms_of_the_first_iteration(tiny_model):
     """The first loss of a refined scale = known-pixel L1 + multi-scale L1, computed by hand."""
     meta, _ = load_golden_case("refine2_coffee")
@@ -232,6 +236,7 @@ def test_both_loss_terms_of_the_first_iteration(tiny_model):
 # ---------------------------------------------------------------------------- behaviour
 
 
+@pytest.mark.slow
 def test_loss_decreases(tiny_model):
     image, mask = load_golden_image("chelsea_240x296")
     _, scales = refine_lib.multiscale(tiny_model, image[None], _binary(mask), RefineConfig(min_side=100, n_iters=8))
@@ -239,6 +244,7 @@ def test_loss_decreases(tiny_model):
     assert np.all(np.diff(losses) < 0)
 
 
+@pytest.mark.slow
 def test_second_image_of_the_same_padded_size_reuses_the_compiled_program(tiny_model):
     rng = np.random.default_rng(4)
     config = RefineConfig(min_side=32, n_iters=3)
@@ -254,6 +260,7 @@ def test_second_image_of_the_same_padded_size_reuses_the_compiled_program(tiny_m
     assert out.shape == (1, 66, 89, 3)
 
 
+@pytest.mark.slow
 def test_empty_eroded_hole_optimises_the_known_pixels_only(tiny_model):
     """A hole narrower than the erosion leaves the multi-scale term empty: the original reports
     NaN; here that term is 0, the loss is finite and the result is well defined."""
@@ -266,6 +273,7 @@ def test_empty_eroded_hole_optimises_the_known_pixels_only(tiny_model):
     assert np.all(np.diff(losses) < 0)
 
 
+@pytest.mark.slow
 def test_batch_equals_single_images(tiny_model):
     image_a, mask_a = load_golden_image("chelsea_240x296")
     image_b = image_a[::-1].copy()
@@ -311,6 +319,7 @@ def _first_stop(losses, tol, window):
 
 
 @pytest.mark.parametrize("tol", [2e-2, 5e-2])
+@pytest.mark.slow
 def test_early_stop_fires_where_the_rule_says_and_equals_a_shorter_run(tiny_model, tol):
     image, mask = load_golden_image("chelsea_240x296")
     base = RefineConfig(min_side=100, n_iters=12)
@@ -327,6 +336,7 @@ def test_early_stop_fires_where_the_rule_says_and_equals_a_shorter_run(tiny_mode
     np.testing.assert_allclose(out, shorter, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_early_stop_is_bounded_by_n_iters_and_window(tiny_model):
     image, mask = load_golden_image("chelsea_240x296")
     run = lambda **kw: refine_lib.multiscale(tiny_model, image[None], _binary(mask), RefineConfig(min_side=100, **kw))[1][-1]
@@ -338,6 +348,7 @@ def test_early_stop_is_bounded_by_n_iters_and_window(tiny_model):
 # ---------------------------------------------------------------------------- memory estimate
 
 
+@pytest.mark.slow
 def test_memory_estimate_reads_xla_buffer_sizes(tiny_model):
     config = RefineConfig(min_side=64, n_iters=3)
     est = memory.estimate_memory(tiny_model, 150, 200, config=config)

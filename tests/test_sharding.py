@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = r"""
 import json, sys
@@ -69,6 +70,7 @@ print(json.dumps(dict(
 """
 
 
+@pytest.mark.slow
 def test_data_parallel_equals_single_device(tiny_checkpoint):
     tests = Path(__file__).resolve().parent
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
@@ -93,6 +95,7 @@ def test_data_parallel_equals_single_device(tiny_checkpoint):
     assert result["tiled_mean"] <= 1e-3 and result["tiled_max"] <= 2e-2
 
 
+@pytest.mark.slow
 def test_multihost_example_runs_on_one_host(tmp_path, tiny_checkpoint):
     """examples/multihost.py with one process and 4 local devices writes every result, one
     per mask (LaMa's names: an image with two masks gives two outputs)."""

@@ -221,6 +221,7 @@ def test_predict_matches_golden(tiny, name):
 
 
 @pytest.mark.parametrize("case", REFINE_CASES)
+@pytest.mark.slow
 def test_refine_matches_golden(tiny, case):
     meta = json.loads((GOLDEN / f"{case}.json").read_text())
     image, mask = _load_case_inputs(Path(meta["image"]).stem)
