@@ -2,7 +2,7 @@
 
     python -m training --out runs/default                    # fetch the photos, train, export
     python -m training --out runs/default --resume           # continue an interrupted run
-    python -m training --out runs/leg2 --init training/state # continue from committed weights
+    python -m training --out runs/leg2 --init weights/default # continue from the committed weights
     python -m training --benchmark 8                         # time 8 steps, write nothing
 
 See training/README.md for the run that made weights/default.
@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -209,7 +210,7 @@ def train(args) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
     dst = export(args.export or args.out / "export", g_graphdef, state, cfg, meta, manifest)
-    log("export", step=meta["step"], path=str(dst))
+    log("export", step=meta["step"], path=os.path.relpath(dst, args.out))  # no machine's path in the log
     print(f"exported {dst} (step {meta['step']}, {meta['step'] * cfg.batch:,} images)")
     return 0
 
