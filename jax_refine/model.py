@@ -28,6 +28,7 @@ from flax import nnx
 from jax import lax
 
 from . import ops, prior
+from .contract import model_input
 
 REMAT_POLICIES = ("none", "blocks", "decoder", "all")
 # A residual model's head starts at this fraction of the usual initialisation: its output is then
@@ -233,6 +234,7 @@ class LamaConfig:
     hole_fill: str = "zeros"
     output: str = "sigmoid"
     refine_defaults: tuple[tuple[str, object], ...] = ()
+    architecture = "ffc_resnet"  # the name checkpoints record (contract.GeneratorConfig); not a field
 
     def __post_init__(self):
         try:  # a hashable, canonical form of what may come as a dict or JSON pairs
@@ -276,12 +278,6 @@ BIG_LAMA = LamaConfig()
 
 TINY_LAMA = LamaConfig(ngf=8, n_downsampling=3, n_blocks=2)
 """The small random generator of the golden fixtures: 135,571 parameters."""
-
-
-def model_input(config: LamaConfig, image: jax.Array, mask: jax.Array) -> jax.Array:
-    """The generator's input: image (B, H, W, 3) in [0, 1] with its holes filled as
-    config.hole_fill says, and the binary mask (B, H, W, 1), 1 = hole -> (B, H, W, 4)."""
-    return jnp.concatenate([prior.hole_fill(config.hole_fill, image, mask), mask], axis=-1)
 
 
 class Lama(nnx.Module):
