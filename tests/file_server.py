@@ -1,12 +1,13 @@
 """A loopback HTTP file server for the download tests (127.0.0.1, port 0, a daemon thread)."""
 
+import mimetypes
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FileServer:
-    """Serves `files` {name: bytes} at http://127.0.0.1:<port>/<name>; records each request's
-    path; with `cut` set, sends the full Content-Length but only half of the body."""
+    """Serves `files` {name: bytes} at http://127.0.0.1:<port>/<name> (with the Content-Type
+    its extension names, if any); records each request's path; with `cut` set, sends the full Content-Length but only half of the body."""
 
     def __init__(self, files):
         self.files, self.requests, self.cut = dict(files), [], False
@@ -23,6 +24,9 @@ class FileServer:
                     return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
+                content_type = mimetypes.guess_type(self.path)[0]
+                if content_type:
+                    self.send_header("Content-Type", content_type)
                 self.end_headers()
                 self.wfile.write(body[: len(body) // 2] if server.cut else body)
                 self.close_connection = server.cut
