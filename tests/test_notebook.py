@@ -8,6 +8,7 @@ outside Colab the inputs are the repository's example.
 """
 
 import hashlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -52,6 +53,10 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     pictures = {tag: [o for o in outs if "image/png" in o.get("data", {})] for tag, outs in outputs.items()}
     assert len(pictures["results"]) == 1 and len(pictures["bundled"]) == 1  # input|mask|plain|refined; bundled
     assert "input | mask | plain LaMa | refined" in text
+    if importlib.util.find_spec("anywidget") is not None:  # the mask widget shown; nothing drawn: the example's mask
+        drawn = [o for c in nb.cells if "draw" in c.metadata.get("tags", []) for o in c.get("outputs", [])]
+        assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in drawn)
+    assert "examples/dune_mask.png (1024, 640)" in text
 
 
 def _wheel(directory, name, version, module, requires=()):
