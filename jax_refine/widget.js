@@ -85,7 +85,8 @@ function render({ model, el }) {
   };
   canvas.onpointermove = (e) => {
     if (!current) return;
-    current.points.push(...at(e).slice(0, 2));
+    const moves = e.getCoalescedEvents?.() ?? []; // every position since the last event, not just the newest
+    for (const m of moves.length ? moves : [e]) current.points.push(...at(m).slice(0, 2));
     redraw();
   };
   canvas.onpointerup = canvas.onpointercancel = () => {
