@@ -1,8 +1,8 @@
 """Draw a hole mask over a photo in a notebook: Colab, Jupyter, JupyterLab, VS Code (anywidget).
 
     from jax_refine.widget import MaskWidget
-    drawer = MaskWidget(image)   # shows the photo scaled to fit: brush, size, eraser, undo, clear, Done
-    drawer                       # (the last line of a cell displays it); draw, press Done, then
+    drawer = MaskWidget(image)   # the photo scaled to fit, a brush: size, eraser, Undo, Clear, Done
+    drawer                       # a cell's last line shows it: draw, press Done; in a later cell
     hole = drawer.mask           # bool (H, W) at the photo's full resolution, True = hole
     result = jax_refine.inpaint(image, hole, model)
 
@@ -83,6 +83,9 @@ class MaskWidget(anywidget.AnyWidget):
     done = traitlets.Bool(False).tag(sync=True)  # set by the Done button; drawing again clears it
 
     def __init__(self, image, *, display_width: int = 800, brush: int = 30):
+        for name, value in (("display_width", display_width), ("brush", brush)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a positive number of screen pixels, got {value!r}")
         rgb = source_of(image).rgb  # upright (EXIF), float (H, W, 3) in [0, 1]
         height, width = rgb.shape[:2]
         scale = min(1.0, display_width / width)

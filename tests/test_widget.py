@@ -67,6 +67,8 @@ def test_the_front_end_gets_a_scaled_preview_of_the_upright_photo_and_the_full_s
     assert widget.mask.shape == (1200, 300) and not widget.mask.any() and not widget.done
     small = MaskWidget(np.zeros((20, 30, 3), np.uint8))  # never enlarged
     assert (small.preview_width, small.preview_height) == (30, 20)
+    with pytest.raises(ValueError, match="display_width must be a positive"):
+        MaskWidget(np.zeros((20, 30, 3), np.uint8), display_width=0)
 
 
 def test_import_jax_refine_leaves_anywidget_alone():

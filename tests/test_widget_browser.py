@@ -15,8 +15,8 @@ import pytest
 
 from file_server import FileServer
 
-pytest.importorskip("anywidget")
-webdriver = pytest.importorskip("selenium.webdriver")
+pytest.importorskip("anywidget", reason='needs anywidget: pip install -e ".[test]"')
+webdriver = pytest.importorskip("selenium.webdriver", reason='needs selenium: pip install -e ".[test]"')
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
