@@ -70,23 +70,23 @@ function render({ model, el }) {
     model.set("done", done);
     model.save_changes();
   };
-  const at = (e) => { // pointer position in the photo's pixel coordinates
+  const at = (e) => { // a pointer position in the photo's pixel coordinates
     const r = canvas.getBoundingClientRect();
-    return [(e.clientX - r.left) * width / r.width, (e.clientY - r.top) * height / r.height, width / r.width];
+    return [(e.clientX - r.left) * width / r.width, (e.clientY - r.top) * height / r.height];
   };
+  const scale = () => width / canvas.getBoundingClientRect().width; // photo pixels per screen pixel
 
   canvas.onpointerdown = (e) => {
     if (e.button !== 0) return;
     canvas.setPointerCapture(e.pointerId);
-    const [x, y, scale] = at(e);
-    current = { points: [x, y], size: size.value * scale, erase: eraser.checked };
+    current = { points: at(e), size: Number(size.value) * scale(), erase: eraser.checked };
     strokes.push(current);
     redraw();
   };
   canvas.onpointermove = (e) => {
     if (!current) return;
     const moves = e.getCoalescedEvents?.() ?? []; // every position since the last event, not just the newest
-    for (const m of moves.length ? moves : [e]) current.points.push(...at(m).slice(0, 2));
+    for (const m of moves.length ? moves : [e]) current.points.push(...at(m));
     redraw();
   };
   canvas.onpointerup = canvas.onpointercancel = () => {
