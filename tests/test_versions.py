@@ -87,6 +87,18 @@ def test_coordination_client_is_found_on_this_jax():
     assert _compat.coordination_client() is None  # jax.distributed is not initialised here
 
 
+def test_lower_bounds_are_the_oldest_versions_ci_tests():
+    """pyproject.toml's lower bounds, its extras' and .ci/oldest.txt (CI's second venv) agree."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    oldest = dict(line.split("==") for line in (ROOT / ".ci" / "oldest.txt").read_text().splitlines()
+                  if line and not line.startswith("#"))
+    bounds = dict(re.findall(r'"(jax|flax|optax|orbax-checkpoint)>=([0-9.]+)"', pyproject))
+    assert bounds == {name: version for name, version in oldest.items() if name != "jaxlib"}
+    assert oldest["jaxlib"] == oldest["jax"]
+    extras = re.findall(r'(\w+) = \["jax\[(\w+)\]>=([0-9.]+)"\]', pyproject)
+    assert extras == [(e, e, oldest["jax"]) for e in ("cuda12", "cuda13", "tpu")]
+
+
 CUDA12_OLD = {"jax": "0.7.2", "jaxlib": "0.7.2", "jax-cuda12-plugin": "0.7.2", "jax-cuda12-pjrt": "0.7.2"}
 
 
