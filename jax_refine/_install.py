@@ -40,10 +40,14 @@ class InstallError(RuntimeError):
 
 
 def installed() -> dict[str, str]:
-    """{normalised distribution name: version} of everything installed."""
+    """{normalised distribution name: version} of everything installed (the first on sys.path,
+    the one Python imports, where a name is installed twice)."""
     importlib.invalidate_caches()
-    return {_normalise(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()
-            if d.metadata["Name"]}
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        if dist.metadata["Name"]:
+            found.setdefault(_normalise(dist.metadata["Name"]), dist.version)
+    return found
 
 
 def _normalise(name: str) -> str:
@@ -114,7 +118,7 @@ def plan(versions: dict[str, str], reqs: list[str]) -> tuple[list[str], list[str
     if "jax" not in versions:
         return reqs, [], "No JAX installed before: pip installs the JAX that jax-refine requires"
     target = f"jax[{extras[0]}]{spec}" if extras else f"jax{spec}"
-    return [*reqs, target], [], f"{why}: JAX and its plugin are brought to one version, as by `pip install \"{target}\"`"
+    return [*reqs, target], [], f"{why}: JAX and its plugin move to one version, as by `pip install \"{target}\"`"
 
 
 def restart_needed(changed: list[str], loaded: set[str]) -> list[str]:

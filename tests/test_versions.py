@@ -141,7 +141,8 @@ def _jax_stand_ins(folder, version):
         f'jaxlib{pin}; extra == "tpu"', 'libtpu==0.0.30.*; extra == "tpu"'])
     wheel(folder, "jaxlib", version, "jaxlib")
     wheel(folder, "jax-cuda12-plugin", version, "jax_cuda12_plugin", extras=["with-cuda"], requires=[
-        f"jax-cuda12-pjrt=={version}", 'nvidia-cublas-cu12>=12.1.3.1; sys_platform == "linux" and extra == "with-cuda"'])
+        f"jax-cuda12-pjrt=={version}",
+        'nvidia-cublas-cu12>=12.1.3.1; sys_platform == "linux" and extra == "with-cuda"'])
     wheel(folder, "jax-cuda12-pjrt", version, "jax_plugins")
 
 
@@ -191,7 +192,7 @@ def test_install_never_leaves_jax_and_its_plugin_apart(tmp_path):
     naive = run("-m", "pip", "install", "--dry-run", package)
     assert f"Would install jax-{new} jaxlib-{new}\n" in naive.stdout  # the plugin would stay at 0.7.2
 
-    found = run("-c", "import importlib.util; print(*importlib.util.find_spec('jax_refine').submodule_search_locations)")
+    found = run("-c", "import importlib.util as u; print(*u.find_spec('jax_refine').submodule_search_locations)")
     install = [str(Path(found.stdout.strip()) / "_install.py")]  # as the notebook's install cell finds it
     stop = run(*install)
     assert stop.returncode == 1 and versions() == installed
