@@ -114,7 +114,7 @@ def plan(versions: dict[str, str], reqs: list[str]) -> tuple[list[str], list[str
     if len(extras) > 1:
         raise InstallError(f"{why}, and plugins of {' and '.join(extras)} are installed, so the extra to upgrade "
                            f"with is unclear. Run the one of your accelerator, e.g. "
-                           f"`pip install -U \"jax[{extras[0]}]{spec}\"`, then this cell again.")
+                           f"`pip install -U \"jax[{extras[0]}]{spec}\"`, then this install again.")
     if "jax" not in versions:
         return reqs, [], "No JAX installed before: pip installs the JAX that jax-refine requires"
     target = f"jax[{extras[0]}]{spec}" if extras else f"jax{spec}"
