@@ -36,6 +36,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ._compat import coordination_client
 from .files import (Item, ItemError, UsageError, check_outputs, find_items, item_size, open_image,
                     output_complete, remove_stale_partials, save_atomic, write_atomic)
 from .api import batch_key, inpaint_batch_with_info, inpaint_with_info, resolve_model
@@ -242,9 +243,7 @@ class _Group:
         self.index, self.count = (jax.process_index(), jax.process_count()) if distributed else (0, 1)
         self.client = None
         if self.count > 1:
-            from jax._src import distributed as jax_distributed  # no public API for the store in jax 0.10
-
-            self.client = jax_distributed.global_state.client
+            self.client = coordination_client()
             self.prefix = f"jax_refine/job{next(_JOB_NUMBERS)}/"
 
     def _all(self, name: str, value: str, timeout_s: float | None = None) -> list[str]:

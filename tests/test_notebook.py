@@ -16,6 +16,7 @@ import pytest
 
 import lama_files
 from file_server import FileServer
+from wheels import wheel
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -59,27 +60,6 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert "examples/dune_mask.png (1024, 640)" in text
 
 
-def _wheel(directory, name, version, module, requires=()):
-    """A minimal pure-Python wheel of distribution `name` providing `module`."""
-    import base64
-    import hashlib
-    import zipfile
-
-    dist = f"{name.replace('-', '_')}-{version}"
-    files = {f"{module}/__init__.py": f"__version__ = {version!r}\n",
-             f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-                                           + "".join(f"Requires-Dist: {r}\n" for r in requires),
-             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
-    record = [f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b'=').decode()},"
-              f"{len(t.encode())}" for n, t in files.items()] + [f"{dist}.dist-info/RECORD,,"]
-    path = directory / f"{dist}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as z:
-        for n, t in files.items():
-            z.writestr(n, t)
-        z.writestr(f"{dist}.dist-info/RECORD", "\n".join(record) + "\n")
-    return path
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("preloaded", [False, True])
 def test_install_cell_in_a_fresh_environment(tmp_path, preloaded):
@@ -93,8 +73,9 @@ def test_install_cell_in_a_fresh_environment(tmp_path, preloaded):
     [cell] = [c for c in nb.cells if "install" in c.metadata.get("tags", [])]
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    package = _wheel(wheels, "jax-refine", "9.9.9", "jax_refine", requires=["pillow>=2"])
-    _wheel(wheels, "pillow", "2.0", "PIL")
+    package = wheel(wheels, "jax-refine", "9.9.9", "jax_refine", requires=["pillow>=2"],
+                    extra_files={"jax_refine/_install.py": (ROOT / "jax_refine" / "_install.py").read_text()})
+    wheel(wheels, "pillow", "2.0", "PIL")
     assert cell.source.count("PACKAGE_SOURCE = None") == 1  # the one line a user edits
     source = cell.source.replace("PACKAGE_SOURCE = None", f"PACKAGE_SOURCE = {str(package)!r}")
     env_dir = tmp_path / "venv"
@@ -102,7 +83,7 @@ def test_install_cell_in_a_fresh_environment(tmp_path, preloaded):
     python = env_dir / "bin" / "python"
     env = {"PATH": os.environ["PATH"], "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels),
            "PIP_DISABLE_PIP_VERSION_CHECK": "1", "HOME": str(tmp_path)}
-    old_pillow = _wheel(tmp_path, "pillow", "1.0", "PIL")
+    old_pillow = wheel(tmp_path, "pillow", "1.0", "PIL")
     subprocess.run([python, "-m", "pip", "install", "-q", old_pillow], check=True, env=env, timeout=300)
     script = ("import PIL\n" if preloaded else "") + source
     done = subprocess.run([python, "-c", script], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
@@ -110,7 +91,7 @@ def test_install_cell_in_a_fresh_environment(tmp_path, preloaded):
     if preloaded:
         assert "Restart the runtime now" in done.stdout and "pillow 1.0 -> 2.0" in done.stdout
     else:
-        assert "Installed; no restart needed" in done.stdout
+        assert "No restart needed" in done.stdout
     check = subprocess.run([python, "-c", "import jax_refine; print(jax_refine.__version__)"], capture_output=True,
                            text=True, env=env, timeout=60, cwd=tmp_path)
     assert check.stdout.strip() == "9.9.9"
