@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_refine import CheckpointError, RefineConfig, convert, load
+from jax_refine import CheckpointError, RefineConfig, convert, inpaint_with_info, load
 from jax_refine import refine as refine_lib
 from jax_refine.convert import read_generator
 from jax_refine.model import Lama, count_parameters
@@ -186,3 +186,17 @@ def test_refinement_matches_the_torch_reference(p2p_model):
     np.testing.assert_allclose(losses, info[1]["losses"], rtol=0, atol=1e-5)
     assert np.all(np.diff(losses) < -5e-4)  # every step lowers the loss, by far more than the tolerance
     assert diff.mean() <= 1e-5 and diff.max() <= 1e-3
+
+
+@pytest.mark.slow
+def test_inpaint_refines_a_converted_checkpoint(p2p_checkpoint, p2p_model):
+    """The public API on the checkpoint's path: refinement at two scales keeps the known
+    pixels, lowers the loss, and its result is refine.multiscale's."""
+    image, mask = load_golden_image("chelsea_240x296")
+    config = RefineConfig(min_side=100, n_iters=3)
+    out, info = inpaint_with_info(image, mask, str(p2p_checkpoint), config=config)
+    assert out.shape == image.shape and info.refined and [s.refined for s in info.scales] == [False, True]
+    np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
+    assert np.all(np.diff(info.scales[1].losses[:, 0]) < 0)
+    expected, _ = refine_lib.multiscale(p2p_model, image[None], _binary(mask), config)
+    np.testing.assert_allclose(out, expected[0], rtol=0, atol=1e-6)
