@@ -14,6 +14,9 @@ The generator is split the way refinement needs it: `front(x) -> (z_local, z_glo
 The residual blocks are stored stacked (leading axis = block index) and applied with
 `lax.scan`: measured on this CPU, 2.5x less memory and half the compile time of unrolled
 blocks at the same speed (see BENCHMARKS.md).
+
+The layers (`Conv`, `UpBlock`, `batch_norm`), `SplitGenerator`, `check_config`, `scan_blocks`
+and `decode` are shared with LaMa's other generator, `pix2pixhd.Pix2PixHD`.
 """
 
 from __future__ import annotations
