@@ -88,9 +88,9 @@ def key_map(config) -> dict[str, tuple[tuple, callable | None, int | None]]:
     return _ffc_key_map(config)
 
 
-def _upsampler_rules(first_up: int, n: int, head: int) -> dict:
+def _upsampler_rules(first_up: int, n: int) -> dict:
     """Rules of the decoder both generators share: (ConvTranspose, BN, ReLU) at model.first_up + 3 i
-    for i < n, the head conv at model.head."""
+    for i < n, then a pad and the head conv."""
     rules = {}
     for i in range(n):
         conv_t, bn_t = f"model.{first_up + 3 * i}", f"model.{first_up + 3 * i + 1}"
@@ -98,8 +98,9 @@ def _upsampler_rules(first_up: int, n: int, head: int) -> dict:
         rules[f"{conv_t}.bias"] = (("up", i, "conv", "bias"), None, None)
         for torch_key, (path, fn) in _bn_rules(bn_t, ("up", i, "bn")).items():
             rules[torch_key] = (path, fn, None)
-    rules[f"model.{head}.weight"] = (("head", "kernel"), _conv_kernel, None)
-    rules[f"model.{head}.bias"] = (("head", "bias"), None, None)
+    head = f"model.{first_up + 3 * n + 1}"
+    rules[f"{head}.weight"] = (("head", "kernel"), _conv_kernel, None)
+    rules[f"{head}.bias"] = (("head", "bias"), None, None)
     return rules
 
 
@@ -124,7 +125,7 @@ def _pix2pixhd_key_map(config: Pix2PixHDConfig) -> dict:
             block = f"model.{first_block + b}.conv_block"
             rules.update(_conv_bn_rules(f"{block}.{n}", f"{block}.{n + 1}", ("blocks", conv), ("blocks", bn), b))
     first_up = first_block + config.n_blocks
-    return rules | _upsampler_rules(first_up, config.n_downsampling, first_up + 3 * config.n_downsampling + 1)
+    return rules | _upsampler_rules(first_up, config.n_downsampling)
 
 
 def _ffc_key_map(config: LamaConfig) -> dict:
@@ -145,7 +146,7 @@ def _ffc_key_map(config: LamaConfig) -> dict:
             for torch_key, (path, fn) in _ffc_rules(f"model.{first_block + b}.{conv}", ("blocks", conv), layer).items():
                 rules[torch_key] = (path, fn, b)
     first_up = first_block + config.n_blocks + 1
-    return rules | _upsampler_rules(first_up, config.n_downsampling, first_up + 3 * config.n_downsampling + 1)
+    return rules | _upsampler_rules(first_up, config.n_downsampling)
 
 
 # --------------------------------------------------------------------------------------
