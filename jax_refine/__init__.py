@@ -35,12 +35,17 @@ from .model import TINY_LAMA as TINY_LAMA
 from .model import Lama as Lama
 from .model import LamaConfig as LamaConfig
 from .memory import MemoryEstimate as MemoryEstimate
+from .pix2pixhd import BIG_LAMA_REGULAR as BIG_LAMA_REGULAR
+from .pix2pixhd import LAMA_REGULAR as LAMA_REGULAR
+from .pix2pixhd import Pix2PixHD as Pix2PixHD
+from .pix2pixhd import Pix2PixHDConfig as Pix2PixHDConfig
 from .plan import RefineConfig as RefineConfig
 from .refine import ScaleInfo as ScaleInfo
 
 __all__ = [
-    "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "JobSummary", "Lama", "LamaConfig", "LargeHoleWarning",
-    "MemoryEstimate", "Progress", "RefineConfig", "ScaleInfo", "UnsafePickleError", "convert", "default_model",
+    "BIG_LAMA", "BIG_LAMA_REGULAR", "LAMA_REGULAR", "TINY_LAMA", "CheckpointError", "InpaintInfo", "JobSummary", "Lama",
+    "LamaConfig", "LargeHoleWarning", "MemoryEstimate", "Pix2PixHD", "Pix2PixHDConfig", "Progress", "RefineConfig",
+    "ScaleInfo", "UnsafePickleError", "convert", "default_model",
     "enable_compilation_cache", "estimate", "inpaint", "inpaint_batch", "inpaint_batch_with_info", "inpaint_files",
     "inpaint_with_info", "load", "save",
 ]

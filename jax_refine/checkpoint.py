@@ -2,8 +2,9 @@
 
 A checkpoint is a directory:
   params/          orbax tree of the Lama state (parameters and BatchNorm statistics)
-  jax_refine.json  {"format", "format_version", "config" (LamaConfig, refine_defaults
-                   included), "source" (where the weights came from), "converter_version"}
+  jax_refine.json  {"format", "format_version", "config" (the generator config, refine_defaults
+                   included, and its "architecture": a key of ARCHITECTURES, "ffc_resnet"
+                   when absent), "source" (where the weights came from), "converter_version"}
 
 Outputs appear atomically: a checkpoint is assembled in a locked `.<name>.<hex>.partial`
 directory beside it and renamed into place; such directories left by a killed process are
@@ -21,14 +22,16 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 
 from . import __version__
 from ._torch_pickle import CheckpointError
+from . import pix2pixhd
 from .model import Lama, LamaConfig, abstract_model, eval_mode
 
 try:
@@ -39,6 +42,45 @@ except ImportError:  # Windows: no locks, stale staging directories are not clea
 FORMAT = "jax-refine-lama"
 FORMAT_VERSION = 1
 METADATA_FILE = "jax_refine.json"
+
+class Architecture(NamedTuple):
+    """A generator kind checkpoints can hold: its config class, model class (both filling
+    `contract`) and a constructor of an abstract model (shapes only) from a config."""
+
+    config: type
+    model: type
+    abstract: Callable
+
+
+ARCHITECTURES = {
+    "ffc_resnet": Architecture(LamaConfig, Lama, abstract_model),
+    pix2pixhd.ARCHITECTURE: Architecture(pix2pixhd.Pix2PixHDConfig, pix2pixhd.Pix2PixHD, pix2pixhd.abstract_model),
+}
+
+
+def config_record(config) -> dict:
+    """The "config" entry of jax_refine.json: the config's fields and its architecture."""
+    return {"architecture": config.architecture, **dataclasses.asdict(config)}
+
+
+def config_from_record(record: Mapping, source: str):
+    """The generator config of a "config" entry (`config_record`; without "architecture", a
+    Big-LaMa-family "ffc_resnet" one). Raises CheckpointError."""
+    fields = dict(record)
+    architecture = fields.pop("architecture", "ffc_resnet")
+    if architecture not in ARCHITECTURES:
+        raise CheckpointError(f"{source}: unknown generator architecture {architecture!r} in {METADATA_FILE} "
+                              f"(known: {', '.join(ARCHITECTURES)})")
+    try:
+        return ARCHITECTURES[architecture].config(**fields)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: invalid config in {METADATA_FILE}: {e}") from None
+
+
+def abstract_generator(config):
+    """An abstract model (shape/dtype structs only) of a registered architecture's config."""
+    return ARCHITECTURES[config.architecture].abstract(config)
+
 
 def save(model: Lama, dst: str | os.PathLike, *, source: Mapping | None = None, overwrite: bool = False) -> Path:
     """Write `model` (e.g. a trained one) as a jax-refine checkpoint directory."""
@@ -104,7 +146,7 @@ def write_into(tmp: Path, flat: Mapping[tuple, np.ndarray], config: LamaConfig, 
         node[str(path[-1])] = array
     # synchronous: the async StandardCheckpointer first copies every array to host buffers
     ocp.Checkpointer(ocp.StandardCheckpointHandler()).save(tmp / "params", args=ocp.args.StandardSave(tree))
-    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config),
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config_record(config),
                 "source": dict(source), "converter_version": __version__}
     (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
 
@@ -223,16 +265,14 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 def load(path: str | os.PathLike) -> Lama:
-    """Load a jax-refine checkpoint directory as a ready (inference-mode) Lama model."""
+    """Load a jax-refine checkpoint directory as a ready (inference-mode) generator of the
+    architecture it records (`ARCHITECTURES`)."""
     import jax
     import orbax.checkpoint as ocp
 
     path = Path(path).absolute()
     meta = read_metadata(path)
-    try:
-        config = LamaConfig(**meta["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: invalid config in {METADATA_FILE}: {e}") from None
+    config = config_from_record(meta["config"], str(path))
     try:
         # as numpy arrays, not jax.Arrays placed as when saved: then every process of a
         # jax.distributed job restores its own copy (orbax refuses the saved topology there)
@@ -262,7 +302,7 @@ def model_from_flat(flat: Mapping[tuple, np.ndarray], config: LamaConfig, source
     """
     from flax import nnx
 
-    graphdef, abstract_state = nnx.split(abstract_model(config))
+    graphdef, abstract_state = nnx.split(abstract_generator(config))
     stored = {tuple(str(p) for p in path): np.asarray(v) for path, v in flat.items()}
     expected = {tuple(str(p) for p in path): (path, v) for path, v in nnx.to_flat_state(abstract_state)}
     missing = sorted(".".join(k) for k in set(expected) - set(stored))

@@ -210,10 +210,9 @@ def refine_config_from_args(args, model=None) -> RefineConfig:
 
 
 def run_convert(args) -> int:
-    from .checkpoint import read_metadata
+    from .checkpoint import CheckpointError, abstract_generator, config_from_record, read_metadata
     from .convert import convert
-    from .model import LamaConfig, abstract_model, count_parameters
-    from .checkpoint import CheckpointError
+    from .model import count_parameters
 
     try:
         dst = convert(args.src, args.dst, overwrite=args.overwrite)
@@ -221,10 +220,10 @@ def run_convert(args) -> int:
         raise UsageError(str(e)) from None
     except OSError as e:
         raise UsageError(f"{e.filename or args.src}: {e.strerror or e}") from None
-    config = LamaConfig(**read_metadata(dst)["config"])
-    n = count_parameters(abstract_model(config))
+    config = config_from_record(read_metadata(dst)["config"], str(dst))
+    n = count_parameters(abstract_generator(config))
     fields = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config))
-    print(f"converted {args.src}: LamaConfig({fields}), {n:,} parameters -> {dst}")
+    print(f"converted {args.src}: {type(config).__name__}({fields}), {n:,} parameters -> {dst}")
     return EXIT_OK
 
 

@@ -4,9 +4,11 @@ Reads, without torch and without executing code from the file (see `_sources` fo
 is recognised by its content): LaMa's Lightning `best.ckpt`, bare generator state_dicts
 (`.pth`), TorchScript archives such as IOPaint's `big-lama.pt`, LaMa's `big-lama.zip` and
 its unzipped folder, and `.safetensors` files. The generator is found by its key pattern
-under any prefix (`generator.`, `model.generator.`, ...); its configuration is inferred
-from the tensor shapes and cross-checked with the checkpoint's `hyper_parameters`; every
-key, shape, dtype and value is checked (no silent partial loads, no NaN weights).
+under any prefix (`generator.`, `model.generator.`, ...); its architecture (Big-LaMa's
+`ffc_resnet` or lama-regular's `pix2pixhd_global`) is told by which keys it has, its
+configuration is inferred from the tensor shapes and cross-checked with the checkpoint's
+`hyper_parameters`; every key, shape, dtype and value is checked (no silent partial loads,
+no NaN weights).
 
 The result is a jax-refine checkpoint (`checkpoint`), written atomically; its source entry
 records the file's name, sha256 and format.
@@ -26,9 +28,11 @@ import numpy as np
 
 from ._sources import open_source
 from ._torch_pickle import MemoryBudget, release_pages
-from .checkpoint import (CheckpointError, check_destination, install, listing, mismatch_message, sha256, staging,
-                         write_into)
+from . import pix2pixhd
+from .checkpoint import (CheckpointError, abstract_generator, check_destination, install, listing, mismatch_message,
+                         sha256, staging, write_into)
 from .model import LamaConfig, abstract_model
+from .pix2pixhd import Pix2PixHDConfig
 
 _IGNORED_SUFFIX = ".num_batches_tracked"
 
@@ -72,14 +76,61 @@ def _bn_rules(torch_prefix, flax_path):
     return {f"{torch_prefix}.{t}": (flax_path + (f,), None) for t, f in _BN.items()}
 
 
-def key_map(config: LamaConfig) -> dict[str, tuple[tuple, callable | None, int | None]]:
+def key_map(config) -> dict[str, tuple[tuple, callable | None, int | None]]:
     """Every generator state_dict key (without prefix) -> (flax state path, transform, block index).
 
     Residual blocks are stacked in the Flax model: their keys carry the block index at which
     the converted tensor goes along the leading axis; other keys have block index None.
-    Indices follow LaMa's `generator.model` nn.Sequential: 0 pad, 1 stem, 2.. downsampling,
-    then the blocks, a concat layer, (ConvTranspose, BN, ReLU) per upsampler, pad, head conv.
+    config: a LamaConfig or a pix2pixhd.Pix2PixHDConfig.
     """
+    if config.architecture == pix2pixhd.ARCHITECTURE:
+        return _pix2pixhd_key_map(config)
+    return _ffc_key_map(config)
+
+
+def _upsampler_rules(first_up: int, n: int) -> dict:
+    """Rules of the decoder both generators share: (ConvTranspose, BN, ReLU) at model.first_up + 3 i
+    for i < n, then a pad and the head conv."""
+    rules = {}
+    for i in range(n):
+        conv_t, bn_t = f"model.{first_up + 3 * i}", f"model.{first_up + 3 * i + 1}"
+        rules[f"{conv_t}.weight"] = (("up", i, "conv", "kernel"), _up_kernel, None)
+        rules[f"{conv_t}.bias"] = (("up", i, "conv", "bias"), None, None)
+        for torch_key, (path, fn) in _bn_rules(bn_t, ("up", i, "bn")).items():
+            rules[torch_key] = (path, fn, None)
+    head = f"model.{first_up + 3 * n + 1}"
+    rules[f"{head}.weight"] = (("head", "kernel"), _conv_kernel, None)
+    rules[f"{head}.bias"] = (("head", "bias"), None, None)
+    return rules
+
+
+def _conv_bn_rules(conv_t: str, bn_t: str, conv: tuple, bn: tuple, block: int | None = None) -> dict:
+    """A Conv2d with bias (torch conv_t, flax path conv) and a BatchNorm2d (bn_t, bn)."""
+    rules = {f"{conv_t}.weight": (conv + ("kernel",), _conv_kernel, block),
+             f"{conv_t}.bias": (conv + ("bias",), None, block)}
+    rules.update({key: (path, fn, block) for key, (path, fn) in _bn_rules(bn_t, bn).items()})
+    return rules
+
+
+def _pix2pixhd_key_map(config: Pix2PixHDConfig) -> dict:
+    """LaMa's GlobalGenerator `model` nn.Sequential: 0 pad, 1-3 stem (conv, BN, ReLU), then
+    (conv, BN, ReLU) per downsampler, the blocks (`conv_block` 0 pad, 1 conv, 2 BN, 3 ReLU,
+    4 pad, 5 conv, 6 BN), (ConvTranspose, BN, ReLU) per upsampler, pad, head conv, sigmoid."""
+    rules = _conv_bn_rules("model.1", "model.2", ("stem", "conv"), ("stem", "bn"))
+    for i in range(config.n_downsampling):
+        rules.update(_conv_bn_rules(f"model.{4 + 3 * i}", f"model.{5 + 3 * i}", ("down", i, "conv"), ("down", i, "bn")))
+    first_block = 4 + 3 * config.n_downsampling
+    for b in range(config.n_blocks):
+        for conv, bn, n in (("conv1", "bn1", 1), ("conv2", "bn2", 5)):
+            block = f"model.{first_block + b}.conv_block"
+            rules.update(_conv_bn_rules(f"{block}.{n}", f"{block}.{n + 1}", ("blocks", conv), ("blocks", bn), b))
+    first_up = first_block + config.n_blocks
+    return rules | _upsampler_rules(first_up, config.n_downsampling)
+
+
+def _ffc_key_map(config: LamaConfig) -> dict:
+    """LaMa's FFCResNetGenerator `model` nn.Sequential: 0 pad, 1 stem, 2.. downsampling, then
+    the blocks, a concat layer, (ConvTranspose, BN, ReLU) per upsampler, pad, head conv."""
     model = abstract_model(config)
     rules = {}
     for torch_key, (path, fn) in _ffc_rules("model.1", ("stem",), model.stem).items():
@@ -95,78 +146,101 @@ def key_map(config: LamaConfig) -> dict[str, tuple[tuple, callable | None, int |
             for torch_key, (path, fn) in _ffc_rules(f"model.{first_block + b}.{conv}", ("blocks", conv), layer).items():
                 rules[torch_key] = (path, fn, b)
     first_up = first_block + config.n_blocks + 1
-    for i in range(config.n_downsampling):
-        conv_t, bn_t = f"model.{first_up + 3 * i}", f"model.{first_up + 3 * i + 1}"
-        rules[f"{conv_t}.weight"] = (("up", i, "conv", "kernel"), _up_kernel, None)
-        rules[f"{conv_t}.bias"] = (("up", i, "conv", "bias"), None, None)
-        for torch_key, (path, fn) in _bn_rules(bn_t, ("up", i, "bn")).items():
-            rules[torch_key] = (path, fn, None)
-    head = f"model.{first_up + 3 * config.n_downsampling + 1}"
-    rules[f"{head}.weight"] = (("head", "kernel"), _conv_kernel, None)
-    rules[f"{head}.bias"] = (("head", "bias"), None, None)
-    return rules
+    return rules | _upsampler_rules(first_up, config.n_downsampling)
 
 
 # --------------------------------------------------------------------------------------
 # State dict -> config -> Flax state
 # --------------------------------------------------------------------------------------
 
-# LaMa generator options that this port does not implement: key -> allowed values
+# LaMa generator options that this port does not implement, per architecture: key -> allowed values
 _UNSUPPORTED = {
-    "enable_lfu": (False, None), "gated": (False, None), "use_se": (False, None),
-    "spatial_scale_factor": (None,), "spectral_pos_encoding": (False, None), "ffc3d": (False, None),
-    "spatial_transform_layers": (None,), "out_ffc": (False, None), "fu_kernel": (1, None),
-    "padding_type": ("reflect", None), "groups": (1, None),
+    "ffc_resnet": {
+        "enable_lfu": (False, None), "gated": (False, None), "use_se": (False, None),
+        "spatial_scale_factor": (None,), "spectral_pos_encoding": (False, None), "ffc3d": (False, None),
+        "spatial_transform_layers": (None,), "out_ffc": (False, None), "fu_kernel": (1, None),
+        "padding_type": ("reflect", None), "groups": (1, None),
+    },
+    pix2pixhd.ARCHITECTURE: {  # GlobalGenerator's options beyond the shapes; norm/activation are not in configs
+        "padding_type": ("reflect", None), "conv_kind": ("default", None), "affine": (None, True),
+        "dilated_blocks_n": (0, None), "dilated_blocks_n_start": (0, None), "dilated_blocks_n_middle": (0, None),
+        "ffc_positions": (None,), "is_resblock_depthwise": (False, None), "dilation": (1, None),
+        "second_dilation": (None, 1), "max_features": (1024, None),
+    },
 }
-_SECTIONS = ("init_conv_kwargs", "downsample_conv_kwargs", "resnet_conv_kwargs")
-MAX_DOWNSAMPLING, MAX_BLOCKS = 8, 64  # LaMa's generators use 3 and 9 or 18
-_BLOCK_KEY = re.compile(r"model\.(\d{1,4})\.conv1\.")
+_SECTIONS = ("init_conv_kwargs", "downsample_conv_kwargs", "resnet_conv_kwargs")  # FFCResNetGenerator's
+MAX_DOWNSAMPLING, MAX_BLOCKS = 8, 64  # LaMa's generators use 3 and 9, 15 or 18
+# The first convolution of each architecture: which one a state_dict holds tells them apart
+STEM_KEYS = {"ffc_resnet": "model.1.ffc.convl2l.weight", pix2pixhd.ARCHITECTURE: "model.1.weight"}
+_BLOCK_KEYS = {"ffc_resnet": re.compile(r"model\.(\d{1,4})\.conv1\."),
+               pix2pixhd.ARCHITECTURE: re.compile(r"model\.(\d{1,4})\.conv_block\.")}
 
 
-def infer_config(state_dict: Mapping[str, np.ndarray], hyper_parameters: Mapping | None, source: str) -> LamaConfig:
-    """The LamaConfig implied by a generator state_dict's shapes, cross-checked with the
-    checkpoint's `hyper_parameters['generator']` when present. Raises CheckpointError."""
+def architecture_of(state_dict: Mapping[str, np.ndarray], source: str) -> str:
+    """The generator architecture (a `checkpoint.ARCHITECTURES` key) whose stem key
+    (`STEM_KEYS`) the state_dict holds. Raises CheckpointError for other layouts."""
+    found = [name for name, key in STEM_KEYS.items() if key in state_dict]
+    if len(found) != 1:
+        raise CheckpointError(f"{source}: not a generator layout jax-refine knows: expected exactly one of "
+                              + ", ".join(f"'{key}' ({name})" for name, key in STEM_KEYS.items())
+                              + (f", found {len(found)}" if found else ""))
+    return found[0]
+
+
+def infer_config(state_dict: Mapping[str, np.ndarray], hyper_parameters: Mapping | None, source: str):
+    """The generator config (LamaConfig or Pix2PixHDConfig, see `architecture_of`) implied by
+    a generator state_dict's shapes, cross-checked with the checkpoint's
+    `hyper_parameters['generator']` when present. Raises CheckpointError."""
+    architecture = architecture_of(state_dict, source)
+
     def conv(key):  # (out, in, kh, kw) of a convolution weight, every dimension >= 1
         if key not in state_dict:
-            raise CheckpointError(f"{source}: not a LaMa FFC generator state_dict (no key '{key}')")
+            raise CheckpointError(f"{source}: not a LaMa {architecture} generator state_dict (no key '{key}')")
         shape = tuple(state_dict[key].shape)
         if len(shape) != 4 or 0 in shape:
             raise CheckpointError(f"{source}: {key} has shape {shape}; a convolution weight has 4 dimensions, "
                                   "none of them 0")
         return shape
 
-    stem = conv("model.1.ffc.convl2l.weight")
-    blocks = sorted({int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k))})
+    stem = conv(STEM_KEYS[architecture])
+    blocks = sorted({int(m.group(1)) for k in state_dict if (m := _BLOCK_KEYS[architecture].match(k))})
     if not blocks:
-        raise CheckpointError(f"{source}: not a LaMa FFC generator state_dict (no residual blocks 'model.N.conv1.*')")
+        raise CheckpointError(f"{source}: not a LaMa {architecture} generator state_dict (no residual blocks "
+                              f"'{_BLOCK_KEYS[architecture].pattern}')")
     first = blocks[0]
-    n_downsampling = first - 2
-    if not 1 <= n_downsampling <= MAX_DOWNSAMPLING or len(blocks) > MAX_BLOCKS:
+    # stem at model.1; FFC: one layer per downsampler, pix2pixhd: (conv, BN, ReLU) after the stem's
+    n_downsampling = first - 2 if architecture == "ffc_resnet" else (first - 4) / 3
+    if n_downsampling not in range(1, MAX_DOWNSAMPLING + 1) or len(blocks) > MAX_BLOCKS:
         raise CheckpointError(f"{source}: residual blocks model.{first}..model.{blocks[-1]} imply n_downsampling="
-                              f"{n_downsampling}, n_blocks={len(blocks)} (supported: 1..{MAX_DOWNSAMPLING} and "
+                              f"{n_downsampling:g}, n_blocks={len(blocks)} (supported: 1..{MAX_DOWNSAMPLING} and "
                               f"up to {MAX_BLOCKS})")
-    local_out = conv(f"model.{first}.conv1.ffc.convl2l.weight")[0]
-    global_out = conv(f"model.{first}.conv1.ffc.convl2g.weight")[0]
-    head = first + len(blocks) + 1 + 3 * n_downsampling + 1  # see key_map
-    inferred = dict(
-        ngf=int(stem[0]), input_nc=int(stem[1]), n_downsampling=n_downsampling, n_blocks=len(blocks),
-        ratio=global_out / (local_out + global_out), output_nc=int(conv(f"model.{head}.weight")[0]),
-    )
-    if any(".lfu." in k or ".se." in k or "gate" in k for k in state_dict):
-        raise CheckpointError(f"{source}: the generator uses LFU, SE or gated FFC layers, which jax-refine does not support")
+    n_downsampling = int(n_downsampling)
+    inferred = dict(ngf=int(stem[0]), input_nc=int(stem[1]), n_downsampling=n_downsampling, n_blocks=len(blocks))
+    if architecture == "ffc_resnet":
+        local_out = conv(f"model.{first}.conv1.ffc.convl2l.weight")[0]
+        global_out = conv(f"model.{first}.conv1.ffc.convl2g.weight")[0]
+        head = first + len(blocks) + 1 + 3 * n_downsampling + 1  # see _ffc_key_map
+        inferred["ratio"] = global_out / (local_out + global_out)
+        if any(".lfu." in k or ".se." in k or "gate" in k for k in state_dict):
+            raise CheckpointError(f"{source}: the generator uses LFU, SE or gated FFC layers, which jax-refine does "
+                                  "not support")
+    else:
+        head = first + len(blocks) + 3 * n_downsampling + 1  # see _pix2pixhd_key_map
+    inferred["output_nc"] = int(conv(f"model.{head}.weight")[0])
     if hyper_parameters is not None:
-        problems = _hyper_parameter_problems(inferred, hyper_parameters)
+        problems = _hyper_parameter_problems(inferred, hyper_parameters, architecture)
         if problems:
             raise CheckpointError(f"{source}: generator configuration not supported: " + "; ".join(problems))
     try:
-        return LamaConfig(**inferred)
+        return (LamaConfig if architecture == "ffc_resnet" else Pix2PixHDConfig)(**inferred)
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}") from None
 
 
-def _hyper_parameter_problems(inferred: dict, hyper_parameters) -> list[str]:
-    """What in `hyper_parameters` (plain containers) contradicts the tensors or asks for an
-    option this port lacks; type errors are problems too, named by their place."""
+def _hyper_parameter_problems(inferred: dict, hyper_parameters, architecture: str) -> list[str]:
+    """What in `hyper_parameters` (plain containers) contradicts the tensors of an
+    `architecture` generator or asks for an option this port lacks; type errors are problems
+    too, named by their place."""
     if not isinstance(hyper_parameters, Mapping):
         return [f"hyper_parameters is a {type(hyper_parameters).__name__}, expected a mapping"]
     gen = hyper_parameters.get("generator")
@@ -175,9 +249,15 @@ def _hyper_parameter_problems(inferred: dict, hyper_parameters) -> list[str]:
     if not isinstance(gen, Mapping):
         return [f"hyper_parameters.generator is a {type(gen).__name__}, expected a mapping"]
     problems = []
-    for key, default in (("kind", "ffc_resnet"), ("add_out_act", "sigmoid")):
-        if not _is(gen.get(key, default), (default,)):
-            problems.append(f"{key} {_show(gen[key])} (only {default!r} is supported)")
+    kind = gen.get("kind", architecture)
+    if _is(kind, tuple(STEM_KEYS)) and kind != architecture:
+        problems.append(f"kind {kind!r} in hyper_parameters but the tensors are a {architecture!r} generator")
+    elif not _is(kind, (architecture,)):
+        problems.append(f"kind {_show(kind)} (only {architecture!r} is supported)")
+    # LaMa's add_out_act: True (tanh) by default in GlobalGenerator; FFC configs all set sigmoid
+    act = gen.get("add_out_act", "sigmoid" if architecture == "ffc_resnet" else True)
+    if not _is(act, ("sigmoid",)):
+        problems.append(f"add_out_act {_show(act)} (only 'sigmoid' is supported)")
     for key in ("ngf", "n_downsampling", "n_blocks", "input_nc", "output_nc"):
         if key not in gen:
             continue
@@ -186,7 +266,7 @@ def _hyper_parameter_problems(inferred: dict, hyper_parameters) -> list[str]:
         elif gen[key] != inferred[key]:
             problems.append(f"{key}={gen[key]} in hyper_parameters but the tensors imply {inferred[key]}")
     sections = {"generator": gen}
-    for name in _SECTIONS:
+    for name in _SECTIONS if architecture == "ffc_resnet" else ():
         section = gen.get(name)
         if section is None:
             continue
@@ -195,7 +275,7 @@ def _hyper_parameter_problems(inferred: dict, hyper_parameters) -> list[str]:
             continue
         sections[name] = section
     for section in sections.values():
-        for key, allowed in _UNSUPPORTED.items():
+        for key, allowed in _UNSUPPORTED[architecture].items():
             if key in section and not _is(section[key], allowed):
                 problems.append(f"unsupported option {key}={_show(section[key])}")
     resnet = sections.get("resnet_conv_kwargs", {})
@@ -222,7 +302,7 @@ def _show(value) -> str:
     return f"a {type(value).__name__}"
 
 
-def to_flax_state(state_dict: Mapping[str, np.ndarray], config: LamaConfig, source: str,
+def to_flax_state(state_dict: Mapping[str, np.ndarray], config, source: str,
                   budget: MemoryBudget | None = None) -> dict[tuple, jax.Array]:
     """Map a generator state_dict (keys without prefix) to flat {flax path: float32 jax array}.
 
@@ -234,7 +314,7 @@ def to_flax_state(state_dict: Mapping[str, np.ndarray], config: LamaConfig, sour
     non-floating-point key, or every tensor holding NaN or infinity.
     """
     rules = key_map(config)
-    expected = _flat_shapes(abstract_model(config))
+    expected = _flat_shapes(abstract_generator(config))
     if budget is not None:
         budget.charge(4 * sum(int(np.prod(shape)) for shape in expected.values()), f"the converted weights of {config}")
     provided = {k for k in state_dict if not k.endswith(_IGNORED_SUFFIX)}
@@ -316,9 +396,6 @@ def _flat_shapes(model) -> dict[tuple, tuple]:
 # --------------------------------------------------------------------------------------
 
 
-_STEM_KEY = "model.1.ffc.convl2l.weight"  # the first convolution of every LaMa generator
-
-
 def read_generator(src: str | os.PathLike, scratch: str | os.PathLike | None = None
                    ) -> tuple[Mapping[str, np.ndarray], Mapping | None]:
     """(generator state_dict without prefix, hyper_parameters or None) from any LaMa source
@@ -329,18 +406,20 @@ def read_generator(src: str | os.PathLike, scratch: str | os.PathLike | None = N
 
 def find_generator(tensors: Mapping, source: str) -> Mapping[str, np.ndarray]:
     """The generator's tensors, keys without their prefix: the keys under the one prefix
-    (e.g. 'generator.', 'model.generator.', '') that holds `model.1.ffc.convl2l.weight`. With
-    several such prefixes, the one ending in 'generator.' (LaMa's own) is taken."""
+    (e.g. 'generator.', 'model.generator.', '') that holds a stem key (`STEM_KEYS`, e.g.
+    `model.1.ffc.convl2l.weight`). With several such prefixes, the one ending in
+    'generator.' (LaMa's own) is taken."""
     names = [k for k in tensors if isinstance(k, str)]
-    prefixes = sorted({k[: -len(_STEM_KEY)] for k in names
-                       if k.endswith(_STEM_KEY) and (k == _STEM_KEY or k[-len(_STEM_KEY) - 1] == ".")})
+    prefixes = sorted({k[: -len(stem)] for k in names for stem in STEM_KEYS.values()
+                       if k.endswith(stem) and (k == stem or k[-len(stem) - 1] == ".")})
     if len(prefixes) > 1:
         prefixes = [p for p in prefixes if p == "" or p.endswith("generator.")] or prefixes
     if len(prefixes) != 1:
         found = (f"generators under several prefixes ({', '.join(repr(p) for p in prefixes[:10])})" if prefixes
                  else _summary(names))
         raise CheckpointError(f"{source}: no LaMa generator weights found (expected keys like "
-                              f"'generator.{_STEM_KEY}' under one prefix); found {found}")
+                              f"'generator.{STEM_KEYS['ffc_resnet']}' or 'generator.{STEM_KEYS['pix2pixhd_global']}' "
+                              f"under one prefix); found {found}")
     prefix = prefixes[0]
     return _Tensors(tensors, {k[len(prefix):]: k for k in names
                               if k.startswith(prefix) and k[len(prefix):].startswith("model.")}, source)

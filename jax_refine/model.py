@@ -14,6 +14,9 @@ The generator is split the way refinement needs it: `front(x) -> (z_local, z_glo
 The residual blocks are stored stacked (leading axis = block index) and applied with
 `lax.scan`: measured on this CPU, 2.5x less memory and half the compile time of unrolled
 blocks at the same speed (see BENCHMARKS.md).
+
+The layers (`Conv`, `UpBlock`, `batch_norm`), `SplitGenerator`, `check_config`, `scan_blocks`
+and `decode` are shared with LaMa's other generator, `pix2pixhd.Pix2PixHD`.
 """
 
 from __future__ import annotations
@@ -59,29 +62,37 @@ class _KernelChoice:
             self.kernels = ops.check_kernels(kernels)
 
 
+PAD_MODES = ("reflect", "zeros")
+
+
 class Conv(_KernelChoice, nnx.Module):
-    """k x k conv (no bias unless asked) with torch `padding_mode='reflect'` semantics.
+    """k x k conv (no bias unless asked), padded by `pad` pixels as torch's padding_mode
+    `pad_mode` ("reflect" or "zeros") does.
 
     kernels: `ops.KERNELS`; in_loop: the conv runs inside `lax.scan` (the residual blocks).
     """
 
-    def __init__(self, in_features, out_features, kernel_size, *, stride=1, pad=0, use_bias=False,
-                 kernels: str, in_loop: bool = False, rngs: nnx.Rngs):
+    def __init__(self, in_features, out_features, kernel_size, *, stride=1, pad=0, pad_mode="reflect",
+                 use_bias=False, kernels: str, in_loop: bool = False, rngs: nnx.Rngs):
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
         init = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
         self.kernel = nnx.Param(init(rngs.params(), (kernel_size, kernel_size, in_features, out_features)))
         self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
-        self.stride, self.pad = stride, pad
+        self.stride, self.pad, self.pad_mode = stride, pad, pad_mode
         self.kernels, self.in_loop = ops.check_kernels(kernels), in_loop
 
     def __call__(self, x, *, pad_rows: bool = True):
         """x (B, H, W, Cin) -> (B, H', W', Cout); pad_rows=False: x already holds the rows'
         padding (only the columns are reflect-padded here)."""
-        if self.pad:
+        zeros = ((self.pad, self.pad),) * 2 if self.pad_mode == "zeros" else ((0, 0), (0, 0))
+        if self.pad and self.pad_mode == "reflect":
             x = reflect_pad(x, self.pad, rows=pad_rows)
-        if self.kernel.shape[:2] == (1, 1) and self.stride == 1:
+        if self.kernel.shape[:2] == (1, 1) and self.stride == 1 and zeros == ((0, 0), (0, 0)):
             y = x @ self.kernel[0, 0]  # a 1x1 conv is a matmul over channels
         else:
-            y = ops.conv2d(x, self.kernel[...], (self.stride, self.stride), kernels=self.kernels, in_loop=self.in_loop)
+            y = ops.conv2d(x, self.kernel[...], (self.stride, self.stride), zeros, kernels=self.kernels,
+                           in_loop=self.in_loop)
         return y if self.bias is None else y + self.bias[...]
 
 
@@ -237,25 +248,7 @@ class LamaConfig:
     architecture = "ffc_resnet"  # the name checkpoints record (contract.GeneratorConfig); not a field
 
     def __post_init__(self):
-        try:  # a hashable, canonical form of what may come as a dict or JSON pairs
-            object.__setattr__(self, "refine_defaults", tuple(sorted(dict(self.refine_defaults).items())))
-        except (TypeError, ValueError):
-            raise ValueError(f"invalid LamaConfig: refine_defaults must be (name, value) pairs, "
-                             f"got {self.refine_defaults!r}") from None
-        problems = []
-        for name in ("ngf", "n_downsampling", "n_blocks", "input_nc", "output_nc", "max_features"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                problems.append(f"{name} must be a positive int, got {getattr(self, name)!r}")
-        if not 0 < self.ratio < 1:
-            problems.append(f"ratio must be in (0, 1), got {self.ratio!r}")
-        if self.hole_fill not in prior.HOLE_FILLS:
-            problems.append(f"hole_fill must be one of {', '.join(prior.HOLE_FILLS)}, got {self.hole_fill!r}")
-        if self.output not in OUTPUTS:
-            problems.append(f"output must be one of {', '.join(OUTPUTS)}, got {self.output!r}")
-        if self.output == "residual" and self.output_nc != self.input_nc - 1:
-            problems.append(f"a residual output needs output_nc == input_nc - 1, got {self.output_nc}, {self.input_nc}")
-        if problems:
-            raise ValueError("invalid LamaConfig: " + "; ".join(problems))
+        check_config(self, OUTPUTS, [] if 0 < self.ratio < 1 else [f"ratio must be in (0, 1), got {self.ratio!r}"])
 
     @property
     def bottleneck_channels(self) -> int:
@@ -273,6 +266,29 @@ class LamaConfig:
         return 2**self.n_downsampling
 
 
+def check_config(config, outputs: tuple[str, ...], problems: list[str]) -> None:
+    """Validate a generator config (a frozen dataclass with LamaConfig's common fields) and
+    make its refine_defaults canonical (sorted pairs); raises one ValueError naming every
+    problem, `problems` (the config's own) included."""
+    name = type(config).__name__
+    try:  # a hashable, canonical form of what may come as a dict or JSON pairs
+        object.__setattr__(config, "refine_defaults", tuple(sorted(dict(config.refine_defaults).items())))
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid {name}: refine_defaults must be (name, value) pairs, "
+                         f"got {config.refine_defaults!r}") from None
+    for field in ("ngf", "n_downsampling", "n_blocks", "input_nc", "output_nc", "max_features"):
+        if not isinstance(getattr(config, field), int) or getattr(config, field) < 1:
+            problems.append(f"{field} must be a positive int, got {getattr(config, field)!r}")
+    if config.hole_fill not in prior.HOLE_FILLS:
+        problems.append(f"hole_fill must be one of {', '.join(prior.HOLE_FILLS)}, got {config.hole_fill!r}")
+    if config.output not in outputs:
+        problems.append(f"output must be one of {', '.join(outputs)}, got {config.output!r}")
+    if config.output == "residual" and config.output_nc != config.input_nc - 1:
+        problems.append(f"a residual output needs output_nc == input_nc - 1, got {config.output_nc}, {config.input_nc}")
+    if problems:
+        raise ValueError(f"invalid {name}: " + "; ".join(problems))
+
+
 BIG_LAMA = LamaConfig()
 """Big-LaMa (LaMa's configs/training/big-lama.yaml): 50,975,875 parameters."""
 
@@ -280,7 +296,34 @@ TINY_LAMA = LamaConfig(ngf=8, n_downsampling=3, n_blocks=2)
 """The small random generator of the golden fixtures: 135,571 parameters."""
 
 
-class Lama(nnx.Module):
+class SplitGenerator(nnx.Module):
+    """What the generators (`contract.Generator`) share: the static `use_running_average`
+    (see `eval_mode`), the input check, the output and `__call__`. Subclasses set `config`
+    and define `front` and `rear`."""
+
+    def set_view(self, use_running_average: bool | None = None):
+        """Used by `nnx.view` (see `eval_mode`), which sets the BatchNorms' flag alike."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+
+    def __call__(self, x):
+        return self.rear(self.front(x), x[..., : self.config.output_nc])
+
+    def _output(self, head, base):
+        return base + head if self.config.output == "residual" else jax.nn.sigmoid(head)
+
+    def _check_input(self, x):
+        c = self.config
+        if x.ndim != 4 or x.shape[-1] != c.input_nc:
+            raise ValueError(f"expected input of shape (B, H, W, {c.input_nc}), got {x.shape}")
+        h, w = x.shape[1:3]
+        if h % c.modulo or w % c.modulo or min(h, w) < 2 * c.modulo:
+            raise ValueError(
+                f"input H and W must be multiples of {c.modulo} and at least {2 * c.modulo}, got {h}x{w}"
+            )
+
+
+class Lama(SplitGenerator):
     """LaMa generator. x (B, H, W, 4) = `model_input(config, image, mask)` -> (B, H, W, 3).
 
     H and W must be multiples of `config.modulo` and at least 2 * modulo (reflect padding
@@ -316,11 +359,6 @@ class Lama(nnx.Module):
         if c.output == "residual":  # a new residual model starts close to its hole fill
             self.head.kernel[...] = RESIDUAL_HEAD_SCALE * self.head.kernel[...]
 
-    def set_view(self, use_running_average: bool | None = None):
-        """Used by `nnx.view` (see `eval_mode`), which sets the BatchNorms' flag alike."""
-        if use_running_average is not None:
-            self.use_running_average = use_running_average
-
     def front(self, x):
         """(B, H, W, input_nc) -> z = (z_local (B, h, w, C_l), z_global (B, h, w, C_g)), h = H / modulo."""
         self._check_input(x)
@@ -344,53 +382,57 @@ class Lama(nnx.Module):
           (inference-mode models only); "all", both.
         tile_pixels: output pixels per row tile of the tiled tail (`tail_tile_rows`).
         """
-        if remat not in REMAT_POLICIES:
-            raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {remat!r}")
+        check_remat(remat)
         if self.config.output == "residual" and base is None:
             raise ValueError("a residual-output model needs base, the input's colour channels")
-        graphdef, block_state = nnx.split(self.blocks)
-        # In training mode the blocks' BatchNorms update their running statistics; those
-        # updates happen on the per-step copies made by merge, so they leave the scan as
-        # outputs and are written back. (In eval mode nothing is written: the model may then
-        # live in an outer trace, e.g. refinement differentiates rear inside a loop.)
         training = not self.use_running_average
-
-        def apply_block(z, state):
-            block = nnx.merge(graphdef, state)
-            z = block(z)
-            return z, nnx.state(block, nnx.BatchStat) if training else None
-
-        if remat in ("blocks", "all"):
-            apply_block = jax.checkpoint(apply_block)
-        z, stats = lax.scan(apply_block, tuple(z), block_state)
-        if training:
-            nnx.update(self.blocks, stats)
+        z = scan_blocks(self.blocks, tuple(z), remat=remat, training=training)
         x = jnp.concatenate(z, axis=-1)  # local channels first, then global (LaMa's ConcatTupleLayer)
-        if remat in ("none", "blocks"):
-            for layer in self.up:
-                x = layer(x)
-            return self._output(self.head(x), base)
-        if training:
-            raise ValueError(f'remat="{remat}" is for inference-mode models (BatchNorm statistics are not updated)')
-        for layer in self.up[:-1]:
-            x = _checkpointed(layer, x)
-        return self._output(_tiled_tail(self.up[-1], self.head, x, tile_pixels), base)
+        return self._output(decode(self.up, self.head, x, remat=remat, tile_pixels=tile_pixels, training=training),
+                            base)
 
-    def _output(self, head, base):
-        return base + head if self.config.output == "residual" else jax.nn.sigmoid(head)
 
-    def __call__(self, x):
-        return self.rear(self.front(x), x[..., : self.config.output_nc])
+def check_remat(remat: str) -> None:
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat must be one of {', '.join(REMAT_POLICIES)}, got {remat!r}")
 
-    def _check_input(self, x):
-        c = self.config
-        if x.ndim != 4 or x.shape[-1] != c.input_nc:
-            raise ValueError(f"expected input of shape (B, H, W, {c.input_nc}), got {x.shape}")
-        h, w = x.shape[1:3]
-        if h % c.modulo or w % c.modulo or min(h, w) < 2 * c.modulo:
-            raise ValueError(
-                f"input H and W must be multiples of {c.modulo} and at least {2 * c.modulo}, got {h}x{w}"
-            )
+
+def scan_blocks(blocks: nnx.Module, z, *, remat: str, training: bool):
+    """z (a pytree of (B, h, w, C)) through the stacked residual `blocks` (leading axis = block
+    index) with `lax.scan`; remat "blocks" or "all" recomputes each block's activations in the
+    backward pass. In training mode the blocks' BatchNorms update their running statistics;
+    those updates happen on the per-step copies made by merge, so they leave the scan as
+    outputs and are written back. (In eval mode nothing is written: the model may then live in
+    an outer trace, e.g. refinement differentiates rear inside a loop.)"""
+    graphdef, block_state = nnx.split(blocks)
+
+    def apply_block(z, state):
+        block = nnx.merge(graphdef, state)
+        z = block(z)
+        return z, nnx.state(block, nnx.BatchStat) if training else None
+
+    if remat in ("blocks", "all"):
+        apply_block = jax.checkpoint(apply_block)
+    z, stats = lax.scan(apply_block, z, block_state)
+    if training:
+        nnx.update(blocks, stats)
+    return z
+
+
+def decode(up: nnx.List, head: Conv, x, *, remat: str, tile_pixels: int, training: bool):
+    """head(up[-1](... up[0](x))), before the output activation: x (B, h, w, C) ->
+    (B, 2**len(up) h, 2**len(up) w, output_nc). remat "decoder" or "all" recomputes each
+    upsampler's activations in the backward pass and runs the full-resolution tail in row
+    tiles (`_tiled_tail`; inference-mode models only)."""
+    if remat in ("none", "blocks"):
+        for layer in up:
+            x = layer(x)
+        return head(x)
+    if training:
+        raise ValueError(f'remat="{remat}" is for inference-mode models (BatchNorm statistics are not updated)')
+    for layer in up[:-1]:
+        x = _checkpointed(layer, x)
+    return _tiled_tail(up[-1], head, x, tile_pixels)
 
 
 def _checkpointed(layer: nnx.Module, x):

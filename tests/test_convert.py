@@ -32,9 +32,9 @@ def test_every_container_converts_to_the_same_model(container, tmp_path, tiny_ch
     dst = convert(GOLDEN / container, tmp_path / "out")
     meta = json.loads((dst / "jax_refine.json").read_text())
     assert meta["format"] == FORMAT
-    assert meta["config"] == {"ngf": 8, "n_downsampling": 3, "n_blocks": 2, "ratio": 0.75,
-                              "input_nc": 4, "output_nc": 3, "max_features": 1024, "hole_fill": "zeros",
-                              "output": "sigmoid", "refine_defaults": []}
+    assert meta["config"] == {"architecture": "ffc_resnet", "ngf": 8, "n_downsampling": 3, "n_blocks": 2,
+                              "ratio": 0.75, "input_nc": 4, "output_nc": 3, "max_features": 1024,
+                              "hole_fill": "zeros", "output": "sigmoid", "refine_defaults": []}
     assert meta["source"]["file"] == container and len(meta["source"]["sha256"]) == 64
     model, reference = load(dst), load(tiny_checkpoint)
     assert count_parameters(model) == 135_571

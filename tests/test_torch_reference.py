@@ -247,3 +247,19 @@ def test_refine_matches_golden(tiny, case):
     )
     assert worst_loss <= 1e-5
     assert float(d.mean()) <= 5e-4 and float(d.max()) <= 2e-2
+
+
+@pytest.mark.parametrize("name", ["astronaut_251x317", "chelsea_240x296"])
+def test_pix2pixhd_matches_lamas_own_code(name):
+    """The reference's pix2pixhd_global generator loads LaMa's GlobalGenerator checkpoint
+    strictly, in LaMa's key order, and predicts LaMa's pixels."""
+    state = ref.load_golden_state_dict(GOLDEN / "tinypix2pixhd.ckpt")
+    model = ref.Pix2PixHDGenerator(ngf=8, n_downsampling=3, n_blocks=2)
+    assert list(model.state_dict()) == list(state)
+    model.load_state_dict(state, strict=True)
+    image, mask = _load_case_inputs(name)
+    inpainted, predicted = ref.predict(model.eval(), image, mask)
+    d_inp = float(np.abs(inpainted - np.load(GOLDEN / f"pix2pixhd_predict_{name}.npy")).max())
+    d_pred = float(np.abs(predicted - np.load(GOLDEN / f"pix2pixhd_predict_{name}_predicted_image.npy")).max())
+    print(f"pix2pixhd predict {name}: max|d| inpainted {d_inp:.3g}, predicted {d_pred:.3g}")
+    assert d_inp <= 1e-5 and d_pred <= 1e-5

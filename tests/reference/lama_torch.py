@@ -13,6 +13,11 @@ API
   ``strict=True`` once the ``generator.`` prefix is stripped. Methods ``front(x)`` =
   ``model[0:5]`` -> ``(z_local, z_global)``, ``rear(z_local, z_global)`` = ``model[5:]``
   -> image, ``forward(x) = rear(*front(x))``.
+- ``Pix2PixHDGenerator(ngf=64, n_downsampling=3, n_blocks=9, input_nc=4, output_nc=3,
+  max_features=1024)``: LaMa's ``pix2pixhd_global`` generator (lama-regular,
+  big-lama-regular: sigmoid output), written from ``docs/lama.md``, with LaMa's state_dict
+  layout (``model.1.weight``, ``model.N.conv_block.1.weight``, ...). ``front(x)`` =
+  ``model[:4 + 3 * n_downsampling]`` -> z (one tensor), ``rear(z)`` = the rest.
 - ``randomize(model, seed)``: random weights and non-trivial BatchNorm statistics.
 - ``load_golden_state_dict(path)``: generator state dict (prefix stripped) from a
   Lightning checkpoint or a bare state dict.
@@ -43,6 +48,7 @@ __all__ = [
     "FFCResnetBlock",
     "ConcatTupleLayer",
     "FFCResNetGenerator",
+    "Pix2PixHDGenerator",
     "randomize",
     "load_golden_state_dict",
     "predict",
@@ -289,6 +295,54 @@ class FFCResNetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.rear(*self.front(x))
+
+
+class ResnetBlock(nn.Module):
+    """pix2pixhd residual block: x + [pad, conv3, BN, ReLU, pad, conv3, BN](x), reflect pads."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.BatchNorm2d(dim), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.BatchNorm2d(dim),
+        )
+
+    def forward(self, x):
+        return x + self.conv_block(x)
+
+
+class Pix2PixHDGenerator(nn.Module):
+    """LaMa's ``pix2pixhd_global`` generator with ``add_out_act: sigmoid``."""
+
+    def __init__(self, ngf: int = 64, n_downsampling: int = 3, n_blocks: int = 9, input_nc: int = 4,
+                 output_nc: int = 3, max_features: int = 1024):
+        super().__init__()
+
+        def channels(level):
+            return min(max_features, ngf * 2**level)
+
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7), nn.BatchNorm2d(ngf),
+                                   nn.ReLU(True)]
+        for i in range(n_downsampling):  # zero padding: plain Conv2d(padding=1)
+            layers += [nn.Conv2d(channels(i), channels(i + 1), 3, stride=2, padding=1),
+                       nn.BatchNorm2d(channels(i + 1)), nn.ReLU(True)]
+        self.n_front = len(layers)
+        layers += [ResnetBlock(channels(n_downsampling)) for _ in range(n_blocks)]
+        for i in range(n_downsampling, 0, -1):
+            layers += [nn.ConvTranspose2d(channels(i), channels(i - 1), 3, stride=2, padding=1, output_padding=1),
+                       nn.BatchNorm2d(channels(i - 1)), nn.ReLU(True)]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7), nn.Sigmoid()]
+        self.model = nn.Sequential(*layers)
+        self.eval()
+
+    def front(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model[: self.n_front](x)
+
+    def rear(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model[self.n_front :](z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rear(self.front(x))
 
 
 def randomize(model: nn.Module, seed: int = 0, residual_scale: float = 0.1) -> nn.Module:
@@ -538,20 +592,19 @@ def _infer_scale(model, image, mask, ref, orig_hw, n_iters, lr, ekernel, sigma=1
     mask3 = mask.repeat(1, 3, 1, 1)
     h, w = orig_hw
     with torch.no_grad():
-        z_l, z_g = model.front(x)
-    z_l = z_l.detach().clone().requires_grad_(True)
-    z_g = z_g.detach().clone().requires_grad_(True)
+        z = model.front(x)  # (z_local, z_global) for FFC generators, one tensor for pix2pixhd
+    z = [t.detach().clone().requires_grad_(True) for t in (z if isinstance(z, tuple) else (z,))]
     losses: list[float] = []
     if ref is None:
         with torch.no_grad():
-            pred = model.rear(z_l, z_g)
+            pred = model.rear(*z)
     else:
         ref = ref.detach()
-        opt = torch.optim.Adam([z_l, z_g], lr=lr)
+        opt = torch.optim.Adam(z, lr=lr)
         known = mask3 < EPS
         for i in range(n_iters):
             opt.zero_grad()
-            pred = model.rear(z_l, z_g)
+            pred = model.rear(*z)
             pred_low = pyrdown(pred[:, :, :h, :w], ref.shape[2:], sigma)
             mask_low = pyrdown_mask(mask3[:, :1, :h, :w], ref.shape[2:], blur=False, round_up=False)
             mask_low = erode_mask(mask_low, ekernel).repeat(1, 3, 1, 1)
