@@ -26,8 +26,8 @@ import numpy as np
 
 from ._sources import open_source
 from ._torch_pickle import MemoryBudget, release_pages
-from .checkpoint import (CheckpointError, check_destination, install, listing, mismatch_message, sha256, staging,
-                         write_into)
+from .checkpoint import (MAX_BLOCKS, MAX_DOWNSAMPLING, CheckpointError, check_destination, install, listing,
+                         mismatch_message, sha256, staging, write_into)
 from .model import LamaConfig, abstract_model
 
 _IGNORED_SUFFIX = ".num_batches_tracked"
@@ -119,7 +119,6 @@ _UNSUPPORTED = {
     "padding_type": ("reflect", None), "groups": (1, None),
 }
 _SECTIONS = ("init_conv_kwargs", "downsample_conv_kwargs", "resnet_conv_kwargs")
-MAX_DOWNSAMPLING, MAX_BLOCKS = 8, 64  # LaMa's generators use 3 and 9 or 18
 _BLOCK_KEY = re.compile(r"model\.(\d{1,4})\.conv1\.")
 
 
