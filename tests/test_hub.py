@@ -4,10 +4,15 @@ A loopback HTTP server (127.0.0.1, port 0, a daemon thread) serves the published
 made from the golden tiny generator (tests/lama_files.py) in place of the real download.
 """
 
+import errno
+import gzip
 import hashlib
+import itertools
 import os
+import shutil
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +219,193 @@ def test_load_none_is_the_bundled_model():
     model = jax_refine.load(None)
     assert model.config == jax_refine.default_model().config
     assert model is not jax_refine.default_model()  # load gives a new model, default_model the cached one
+
+
+# ---------------------------------------------------------------- bounded downloads (issue 23)
+
+
+def endless(headers):
+    """A response of zeros without end (the client has to stop reading)."""
+    return lambda: (headers, itertools.repeat(b"\0" * 65536))
+
+
+def drip(seconds):
+    """A response sending one byte every `seconds` without end, announcing no length."""
+    def chunks():
+        while True:
+            yield b"\0"
+            time.sleep(seconds)
+    return lambda: ({}, chunks())
+
+
+def gzip_bomb():
+    """A gzip-encoded body of 1 MB that decodes to 256 MiB of zeros."""
+    body = gzip.compress(b"\0" * (256 << 20), compresslevel=1)
+    return lambda: ({"Content-Encoding": "gzip", "Content-Length": str(len(body))}, [body])
+
+
+@pytest.mark.parametrize("response, reason", [
+    (endless({}), "more than the expected"),
+    (endless({"Content-Length": str(1 << 40)}), "announces 1099511627776 bytes"),
+    (gzip_bomb(), "'gzip'-encoded body"),
+    (drip(0.02), "the transfer stalled"),
+], ids=["endless", "oversized", "gzip-bomb", "drip"])
+def test_hostile_servers_are_stopped_at_once_and_leave_nothing(zip_bytes, cache, tiny_entry, monkeypatch, response,
+                                                                reason):
+    monkeypatch.setattr(hub, "_RATE_WINDOW", 0.5)
+    monkeypatch.setattr(hub, "_MIN_RATE", 1000)  # bytes/s: a drip of 50 bytes/s is under it
+    served = FileServer({"tiny-lama.zip": response})
+    try:
+        tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+        start = time.monotonic()
+        with pytest.raises(hub.DownloadError, match=reason) as err:
+            hub.checkpoint("tiny-lama")
+        assert time.monotonic() - start < 30
+    finally:
+        served.close()
+    assert served.url("tiny-lama.zip") in str(err.value)
+    assert cache_files(cache) == []
+
+
+def test_a_silent_server_ends_at_the_read_timeout(zip_bytes, cache, tiny_entry, monkeypatch):
+    monkeypatch.setattr(hub, "_READ_TIMEOUT", 0.5)
+    served = FileServer({"tiny-lama.zip": lambda: ({"Content-Length": str(len(zip_bytes))}, [time.sleep(3) or b""])})
+    try:
+        tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+        with pytest.raises(hub.DownloadError, match="timed out"):
+            hub.checkpoint("tiny-lama")
+    finally:
+        served.close()
+    assert cache_files(cache) == []
+
+
+def test_too_little_free_space_is_one_clear_error_before_any_request(zip_bytes, cache, tiny_entry, monkeypatch):
+    served = FileServer({"tiny-lama.zip": zip_bytes})
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1000))
+    try:
+        tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+        with pytest.raises(hub.DownloadError, match="the disk is full") as err:
+            hub.checkpoint("tiny-lama")
+    finally:
+        served.close()
+    assert "MB needed, 0.0 MB free" in str(err.value) and served.requests == []
+    assert cache_files(cache) == []
+
+
+def test_a_disk_filling_during_the_download_is_one_clear_error_and_leaves_nothing(zip_bytes, cache, tiny_entry,
+                                                                                  monkeypatch):
+    real_open = open
+
+    def full_disk_open(path, mode="r", *args, **kwargs):  # the temporary file's writes fail as on a full disk
+        f = real_open(path, mode, *args, **kwargs)
+        if Path(path).suffix == ".part":
+            def write(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            f.write = write
+        return f
+
+    monkeypatch.setattr(hub, "open", full_disk_open, raising=False)
+    served = FileServer({"tiny-lama.zip": zip_bytes})
+    try:
+        tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+        with pytest.raises(hub.DownloadError, match="the disk is full: No space left on device"):
+            hub.checkpoint("tiny-lama")
+    finally:
+        served.close()
+    assert cache_files(cache) == []
+
+
+# ---------------------------------------------------------------- mirrors
+
+
+def test_mirrors_are_tried_in_order_each_verified(zip_bytes, cache, monkeypatch):
+    bad = bytes(len(zip_bytes))  # the right size, the wrong bytes
+    served = FileServer({"second/tiny-lama.zip": bad, "third/lama.zip": zip_bytes})
+    digest = hashlib.sha256(zip_bytes).hexdigest()
+    mirrors = (hub.Mirror("tiny-lama.zip", served.url("first/tiny-lama.zip"), len(zip_bytes), digest),
+               hub.Mirror("tiny-lama.zip", served.url("second/tiny-lama.zip"), len(zip_bytes), digest),
+               hub.Mirror("lama.zip", served.url("third/lama.zip"), len(zip_bytes), digest))
+    monkeypatch.setitem(hub.REGISTRY, "tiny-lama", hub.KnownModel("tiny-lama", mirrors, "test licence"))
+    try:
+        assert_golden_pixels(jax_refine.load("tiny-lama"))
+    finally:
+        served.close()
+    assert served.requests == ["/first/tiny-lama.zip", "/second/tiny-lama.zip", "/third/lama.zip"]
+    assert cache_files(cache)[0] == "downloads/lama.zip"
+    assert read_metadata(cache / "models" / "tiny-lama")["source"]["file"] == "lama.zip"
+
+
+def test_when_every_mirror_fails_the_error_lists_each_and_why(zip_bytes, cache, monkeypatch):
+    served = FileServer({"b.zip": bytes(len(zip_bytes)), "c.zip": zip_bytes[:100]})
+    digest = hashlib.sha256(zip_bytes).hexdigest()
+    mirrors = tuple(hub.Mirror(name, served.url(name), len(zip_bytes), digest) for name in ("a.zip", "b.zip", "c.zip"))
+    monkeypatch.setitem(hub.REGISTRY, "tiny-lama", hub.KnownModel("tiny-lama", mirrors, "test licence"))
+    try:
+        with pytest.raises(hub.DownloadError) as err:
+            hub.checkpoint("tiny-lama")
+    finally:
+        served.close()
+    lines = str(err.value).splitlines()
+    assert lines[0] == "could not download tiny-lama from any of its 3 mirror(s):"
+    assert lines[1] == f"  {served.url('a.zip')}: HTTPError: HTTP Error 404: Not Found"
+    assert lines[2].startswith(f"  {served.url('b.zip')}: DownloadError: SHA-256 ") and digest in lines[2]
+    assert lines[3] == f"  {served.url('c.zip')}: DownloadError: the server announces 100 bytes, expected {len(zip_bytes):,}"
+    assert cache_files(cache) == []
+
+
+# ---------------------------------------------------------------- cached conversions are inputs
+
+
+def damage_params(converted):
+    """Overwrite the middle of every stored array file of `converted` with other bytes."""
+    for path in (converted / "params").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+            path.write_bytes(bytes(data))
+
+
+def replace_with_nan_weights(converted):
+    """Rewrite the conversion with NaN weights and a matching digest (as a bad conversion would)."""
+    from jax_refine import checkpoint as checkpoint_lib
+    meta = read_metadata(converted)
+    config = jax_refine.LamaConfig(**meta["config"])
+    flat = {k: np.full_like(v, np.nan) for k, v in checkpoint_lib.read_params(converted, config).items()}
+    checkpoint_lib.save_flat(flat, config, converted, source=meta["source"], overwrite=True)
+
+
+def truncate_params(converted):
+    for path in (converted / "params").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[:10])
+
+
+@pytest.mark.parametrize("damage", [damage_params, replace_with_nan_weights, truncate_params])
+def test_a_damaged_cached_conversion_is_converted_again_from_the_verified_download(zip_bytes, cache, tiny_entry,
+                                                                                   damage, capfd):
+    served = FileServer({"tiny-lama.zip": zip_bytes})
+    try:
+        tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+        jax_refine.load("tiny-lama")
+        damage(cache / "models" / "tiny-lama")
+        capfd.readouterr()
+        assert_golden_pixels(jax_refine.load("tiny-lama"))
+    finally:
+        served.close()
+    assert "the cached conversion of tiny-lama is damaged" in capfd.readouterr().err
+    assert len(served.requests) == 1  # converted again from the download in the cache
+    assert_golden_pixels(jax_refine.load("tiny-lama"))
+
+
+def test_a_damaged_conversion_whose_download_is_gone_names_the_fix(zip_bytes, cache, tiny_entry):
+    served = FileServer({"tiny-lama.zip": zip_bytes})
+    tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+    try:
+        jax_refine.load("tiny-lama")
+    finally:
+        served.close()
+    damage_params(cache / "models" / "tiny-lama")
+    (cache / "downloads" / "tiny-lama.zip").unlink()
+    with pytest.raises(hub.DownloadError) as err:
+        jax_refine.load("tiny-lama")
+    assert "Download one of tiny-lama.zip" in str(err.value) and "jax-refine convert tiny-lama.zip" in str(err.value)
