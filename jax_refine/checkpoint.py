@@ -34,6 +34,7 @@ import re
 import secrets
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -152,21 +153,32 @@ def check_free_space(directory: Path, nbytes: int) -> None:
 def _orbax_errors_as_os_errors(directory: Path) -> Iterator[None]:
     """orbax's write errors (a full disk is a ValueError 'RESOURCE_EXHAUSTED ... os_error_code=28',
     logged with its traceback from orbax's writer thread) as one OSError, without the log."""
-    absl = logging.getLogger("absl")
-    level = absl.level
-    absl.setLevel(logging.CRITICAL)
     try:
-        yield
+        with _orbax_quiet():
+            yield
     except OSError:
         raise
     except Exception as e:
         text = str(e)
         code = errno.ENOSPC if "os_error_code='28'" in text or "No space left" in text else errno.EIO
-        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-        raise OSError(code, os.strerror(code) if code == errno.ENOSPC else f"could not write params: {first}",
+        raise OSError(code, os.strerror(code) if code == errno.ENOSPC else f"could not write params: {_first_line(e)}",
                       str(directory)) from None
+
+
+@contextlib.contextmanager
+def _orbax_quiet() -> Iterator[None]:
+    """Inside, orbax's log records (absl's logger) below CRITICAL and the exceptions its
+    threads cannot raise (tensorstore's callbacks into a closed event loop, on damaged
+    files) are dropped: the caller reports the error once."""
+    absl, hook = logging.getLogger("absl"), sys.unraisablehook
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
     finally:
         absl.setLevel(level)
+        sys.unraisablehook = hook
 
 
 def params_digest(flat: Mapping[tuple, object]) -> str:
@@ -420,20 +432,25 @@ def read_params(path: Path, config: LamaConfig) -> dict[tuple, np.ndarray]:
     import jax
     import orbax.checkpoint as ocp
 
+    damaged = f"{path}: params/ is damaged or incomplete (convert the model again)"
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        with _orbax_quiet():
+            metadata = checkpointer.metadata(path / "params").item_metadata
+    except Exception as e:  # orbax/tensorstore raise many types for damaged files
+        raise CheckpointError(f"{damaged}: {_first_line(e)}") from None
+    if metadata is None or not isinstance(metadata.tree, Mapping):
+        raise CheckpointError(f"{damaged}: its metadata is unreadable")
+    check_shapes({key: tuple(getattr(m, "shape", ()) or ()) for key, m in _flatten(metadata.tree).items()},
+                 config, str(path))
     try:
         # as numpy arrays, not jax.Arrays placed as when saved: then every process of a
         # jax.distributed job restores its own copy (orbax refuses the saved topology there)
-        checkpointer = ocp.PyTreeCheckpointer()
-        tree_metadata = checkpointer.metadata(path / "params").item_metadata.tree
-    except Exception as e:  # orbax/tensorstore raise many types for damaged files
-        raise CheckpointError(f"{path}: could not read params: {_first_line(e)}") from None
-    check_shapes({key: tuple(getattr(m, "shape", ()) or ()) for key, m in _flatten(tree_metadata).items()},
-                 config, str(path))
-    try:
-        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree_metadata)
-        tree = checkpointer.restore(path / "params", args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata.tree)
+        with _orbax_quiet():
+            tree = checkpointer.restore(path / "params", args=ocp.args.PyTreeRestore(restore_args=as_numpy))
     except Exception as e:
-        raise CheckpointError(f"{path}: could not read params: {_first_line(e)}") from None
+        raise CheckpointError(f"{damaged}: {_first_line(e)}") from None
     return {key: np.asarray(value) for key, value in _flatten(tree).items()}
 
 

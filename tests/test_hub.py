@@ -327,10 +327,11 @@ def test_mirrors_are_tried_in_order_each_verified(zip_bytes, cache, monkeypatch)
                hub.Mirror("lama.zip", served.url("third/lama.zip"), len(zip_bytes), digest))
     monkeypatch.setitem(hub.REGISTRY, "tiny-lama", hub.KnownModel("tiny-lama", mirrors, "test licence"))
     try:
-        assert_golden_pixels(jax_refine.load("tiny-lama"))
+        converted = hub.checkpoint("tiny-lama")
     finally:
         served.close()
     assert served.requests == ["/first/tiny-lama.zip", "/second/tiny-lama.zip", "/third/lama.zip"]
+    assert read_metadata(converted)["source"]["sha256"] == digest
     assert cache_files(cache)[0] == "downloads/lama.zip"
     assert read_metadata(cache / "models" / "tiny-lama")["source"]["file"] == "lama.zip"
 
@@ -394,7 +395,6 @@ def test_a_damaged_cached_conversion_is_converted_again_from_the_verified_downlo
         served.close()
     assert "the cached conversion of tiny-lama is damaged" in capfd.readouterr().err
     assert len(served.requests) == 1  # converted again from the download in the cache
-    assert_golden_pixels(jax_refine.load("tiny-lama"))
 
 
 def test_a_damaged_conversion_whose_download_is_gone_names_the_fix(zip_bytes, cache, tiny_entry):
