@@ -11,6 +11,8 @@ import itertools
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -409,3 +411,66 @@ def test_a_damaged_conversion_whose_download_is_gone_names_the_fix(zip_bytes, ca
     with pytest.raises(hub.DownloadError) as err:
         jax_refine.load("tiny-lama")
     assert "Download one of tiny-lama.zip" in str(err.value) and "jax-refine convert tiny-lama.zip" in str(err.value)
+
+
+# ---------------------------------------------------------------- one cache, several processes
+
+_LOAD_TINY = r"""
+import sys, time
+from pathlib import Path
+import jax_refine
+from jax_refine import checkpoint, hub
+url, size, sha256, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+hub.REGISTRY["tiny-lama"] = hub.KnownModel("tiny-lama", (hub.Mirror("tiny-lama.zip", url, size, sha256),), "test")
+if hold != "-":  # stop with the conversion written, before it is installed, until told to go on
+    convert = sys.modules["jax_refine.convert"]
+    install = convert.install
+    def held(*args):
+        Path(hold + ".ready").touch()
+        while not Path(hold + ".go").exists():
+            time.sleep(0.01)
+        install(*args)
+    convert.install = held
+model = jax_refine.load("tiny-lama")
+print(checkpoint.read_metadata(hub.cache_dir() / "models" / "tiny-lama")["params_sha256"], model.config.ngf)
+"""
+
+
+def test_two_processes_loading_into_an_empty_cache_wait_for_one_conversion(zip_bytes, cache, tmp_path):
+    """The first process stops inside its conversion; the second is started then, must say it
+    waits, and goes on only once the first installed a complete conversion: one download,
+    one conversion, both loads succeed with the same parameters."""
+    served = FileServer({"tiny-lama.zip": zip_bytes})
+    args = [served.url("tiny-lama.zip"), str(len(zip_bytes)), hashlib.sha256(zip_bytes).hexdigest()]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), JAX_REFINE_HOME=str(cache))
+    hold = tmp_path / "first"
+    first = subprocess.Popen([sys.executable, "-c", _LOAD_TINY, *args, str(hold)], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    second = None
+    try:
+        deadline = time.monotonic() + 300
+        while not Path(f"{hold}.ready").exists():
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = subprocess.Popen([sys.executable, "-c", _LOAD_TINY, *args, "-"], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        seen = []
+        for line in second.stderr:  # it blocks on the lock after saying so
+            seen.append(line)
+            if "jax-refine: waiting for another process using" in line:
+                break
+        else:
+            pytest.fail(f"the second process did not wait: {''.join(seen)}")
+        Path(f"{hold}.go").touch()
+        outputs = [first.communicate(timeout=300), second.communicate(timeout=300)]
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+        served.close()
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    digest = read_metadata(cache / "models" / "tiny-lama")["params_sha256"]
+    assert [out.split() for out, _ in outputs] == [[digest, "8"], [digest, "8"]]
+    assert served.requests == ["/tiny-lama.zip"]
+    assert sorted(p.name for p in (cache / "models").iterdir()) == ["tiny-lama", "tiny-lama.lock"]
