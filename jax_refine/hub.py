@@ -25,8 +25,8 @@ file of the same name (the last part of the URL's path), else the first mirror's
 (size and checksums are still checked); `JAX_REFINE_<NAME>_SHA256` expects another file
 with that SHA-256 (its size, at most 4 GiB, and MD5 are then unknown).
 
-Downloads are streamed with the standard library's urllib rather than pooch (used before
-0.1.1), because pooch (requests underneath) gives none of these bounds: it decodes gzip and
+Downloads are streamed with the standard library's urllib rather than pooch (used before),
+because pooch (requests underneath) gives none of these bounds: it decodes gzip and
 deflate bodies without limit, applies its timeout to each read and not to the transfer,
 and checks the size only once the whole body is on disk. Here identity encoding is asked
 for and any other refused (never decoded); an announced Content-Length must be the
@@ -60,7 +60,7 @@ from pathlib import Path
 
 from . import __version__
 from . import checkpoint as checkpoint_lib
-from .checkpoint import CheckpointError, _signals_deferred, _sigterm_as_exit, read_metadata
+from .checkpoint import CheckpointError, read_metadata, signals_deferred, sigterm_as_exit
 from .convert import convert
 
 try:
@@ -275,7 +275,7 @@ def _download(mirror: Mirror, target: Path) -> None:
     request = urllib.request.Request(mirror.url, headers={"Accept-Encoding": "identity",
                                                           "User-Agent": f"jax-refine/{__version__}"})
     tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}.part"
-    with _sigterm_as_exit():
+    with sigterm_as_exit():
         try:
             with urllib.request.urlopen(request, timeout=_READ_TIMEOUT) as response:
                 _check_headers(response, mirror)
@@ -289,10 +289,10 @@ def _download(mirror: Mirror, target: Path) -> None:
                 raise DownloadError(f"SHA-256 {sha256} does not match the expected {mirror.sha256}")
             if mirror.md5 is not None and md5 != mirror.md5:
                 raise DownloadError(f"MD5 {md5} is not the expected {mirror.md5}")
-            with _signals_deferred():
+            with signals_deferred():
                 os.replace(tmp, target)
         except BaseException:
-            with _signals_deferred():
+            with signals_deferred():
                 tmp.unlink(missing_ok=True)
             raise
 
@@ -374,6 +374,6 @@ def _manual_route(entry: KnownModel, directory: Path, failures: list[str]) -> st
     return (f"could not download {entry.name} from any of its {len(entry.mirrors)} mirror(s):\n  "
             + "\n  ".join(failures) + "\n"
             f"No partial download was kept. Download one of {files} yourself (or set {variable} to another "
-            f"mirror), then either put it into {directory} under that name, e.g. {directory / first} (it is verified on "
-            f"the next load), "
+            f"mirror), then either put it into {directory} under that name, e.g. {directory / first} "
+            f"(it is verified on the next load), "
             f"or convert it:\n  jax-refine convert {first} {directory.parent / 'models' / entry.name}")

@@ -6,18 +6,17 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 
 import pytest
 
 import jax_refine
 from jax_refine import checkpoint
-from jax_refine import convert as convert_module  # noqa: F401  (the module, for its namespace)
 from jax_refine.checkpoint import read_metadata
 from jax_refine.cli import main
 
 from conftest import GOLDEN
 
-import sys
 CONVERT = sys.modules["jax_refine.convert"]  # jax_refine.convert is also the function
 SRC = GOLDEN / "tinylama.ckpt"
 

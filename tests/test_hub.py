@@ -352,7 +352,8 @@ def test_when_every_mirror_fails_the_error_lists_each_and_why(zip_bytes, cache, 
     assert lines[0] == "could not download tiny-lama from any of its 3 mirror(s):"
     assert lines[1] == f"  {served.url('a.zip')}: HTTPError: HTTP Error 404: Not Found"
     assert lines[2].startswith(f"  {served.url('b.zip')}: DownloadError: SHA-256 ") and digest in lines[2]
-    assert lines[3] == f"  {served.url('c.zip')}: DownloadError: the server announces 100 bytes, expected {len(zip_bytes):,}"
+    assert lines[3] == (f"  {served.url('c.zip')}: DownloadError: the server announces 100 bytes, "
+                        f"expected {len(zip_bytes):,}")
     assert cache_files(cache) == []
 
 
