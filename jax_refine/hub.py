@@ -110,8 +110,9 @@ REGISTRY: dict[str, KnownModel] = {
     #   IOPaint checks, the SHA-256 as pinned by third parties;
     # - LaMa's own big-lama.zip (the folder its README links), re-hosted on the Hugging Face Hub;
     # - LaMa's best.ckpt, re-hosted as lama.ckpt by ControlNet's annotators.
-    # The two Hub entries' sizes and SHA-256 are those of the Hub's file pointers (Git LFS);
-    # they were not verified by a download here.
+    # The two Hub entries' sizes and SHA-256 are those of the Hub's file pointers (Git LFS), and
+    # other projects record the same after downloading big-lama.zip (smartywu/big-lama at revision
+    # 05cb2be7) and the best.ckpt inside it; they were not verified by a download here.
     "big-lama": KnownModel(name="big-lama", licence=_BIG_LAMA_LICENCE, mirrors=(
         Mirror("big-lama.pt", "https://github.com/Sanster/models/releases/download/add_big_lama/big-lama.pt",
                205_669_692, "344c77bbcb158f17dd143070d1e789f38a66c04202311ae3a258ef66667a9ea9",
