@@ -475,3 +475,34 @@ def test_two_processes_loading_into_an_empty_cache_wait_for_one_conversion(zip_b
     assert [out.split() for out, _ in outputs] == [[digest, "8"], [digest, "8"]]
     assert served.requests == ["/tiny-lama.zip"]
     assert sorted(p.name for p in (cache / "models").iterdir()) == ["tiny-lama", "tiny-lama.lock"]
+
+
+def test_a_conversion_is_not_replaced_while_it_is_being_read(zip_bytes, cache, tiny_entry, capfd):
+    """A reader's shared lock (taken here, as another process would) keeps a rebuild of the
+    damaged conversion waiting; the rebuild goes on once the reader lets go."""
+    import threading
+
+    served = FileServer({"tiny-lama.zip": zip_bytes})
+    tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+    converted = cache / "models" / "tiny-lama"
+    try:
+        jax_refine.load("tiny-lama")
+        damage_params(converted)
+        before = (converted / "jax_refine.json").stat().st_ino
+        results = []
+        with hub._locked(converted, shared=True):
+            loader = threading.Thread(target=lambda: results.append(jax_refine.load("tiny-lama")))
+            loader.start()
+            seen = ""
+            while "jax-refine: waiting for another process using" not in seen:
+                assert loader.is_alive(), seen
+                seen += capfd.readouterr().err
+                time.sleep(0.01)
+            assert "the cached conversion of tiny-lama is damaged" not in seen  # said only once it may rebuild
+            assert (converted / "jax_refine.json").stat().st_ino == before
+        loader.join(timeout=300)
+    finally:
+        served.close()
+    assert len(results) == 1 and results[0].config.ngf == 8
+    assert (converted / "jax_refine.json").stat().st_ino != before  # made again
+    assert len(served.requests) == 1
