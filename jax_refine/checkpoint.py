@@ -69,6 +69,7 @@ REFINE_DEFAULT_LIMITS = {"n_iters": (1, 1000), "max_scales": (1, 8), "px_budget"
                          "min_side": (1, 8192), "modulo": (8, 512), "erosion": (1, 255),
                          "early_stop_window": (1, 1000), "tile_pixels": (1, 1 << 26), "lr": (0, 10)}
 
+
 def save(model: Lama, dst: str | os.PathLike, *, source: Mapping | None = None, overwrite: bool = False) -> Path:
     """Write `model` (e.g. a trained one) as a jax-refine checkpoint directory."""
     from flax import nnx
@@ -131,8 +132,9 @@ def write_into(tmp: Path, flat: Mapping[tuple, np.ndarray], config: LamaConfig, 
         for part in path[:-1]:
             node = node.setdefault(str(part), {})
         node[str(path[-1])] = array
-    check_free_space(tmp, sum(int(np.prod(np.shape(a))) * np.dtype(a.dtype).itemsize for a in flat.values()))
-    with _orbax_errors_as_os_errors(tmp):
+    nbytes = sum(int(np.prod(np.shape(a))) * np.dtype(a.dtype).itemsize for a in flat.values())
+    check_free_space(tmp.parent, nbytes)  # errors name the folder the checkpoint goes to
+    with _orbax_errors_as_os_errors(tmp.parent):
         # synchronous: the async StandardCheckpointer first copies every array to host buffers
         ocp.Checkpointer(ocp.StandardCheckpointHandler()).save(tmp / "params", args=ocp.args.StandardSave(tree))
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": dataclasses.asdict(config),
@@ -371,8 +373,8 @@ def check_config(config, where: str) -> None:
     `CONFIG_LIMITS` and its refine_defaults name RefineConfig fields within
     `REFINE_DEFAULT_LIMITS`; runs before anything is built from it."""
     if not isinstance(config, dict):
-        raise CheckpointError(f"{where}: config is {_brief(config)}, expected an object")
-    problems = [f"{name}={_brief(config[name])} (allowed: an int in {low}..{high})"
+        raise CheckpointError(f"{where}: config is {show(config)}, expected an object")
+    problems = [f"{name}={show(config[name])} (allowed: an int in {low}..{high})"
                 for name, (low, high) in CONFIG_LIMITS.items()
                 if name in config and not _within(config[name], low, high, int)]
     pairs = config.get("refine_defaults", [])
@@ -380,12 +382,12 @@ def check_config(config, where: str) -> None:
         pairs = list(pairs.items())
     if not isinstance(pairs, list) or not all(isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str)
                                               for p in pairs):
-        problems.append(f"refine_defaults is {_brief(pairs)}, expected [name, value] pairs")
+        problems.append(f"refine_defaults is {show(pairs)}, expected [name, value] pairs")
     else:
         for name, value in pairs:
             low, high = REFINE_DEFAULT_LIMITS.get(name, (None, None))
             if low is not None and not _within(value, low, high, float if name == "lr" else int):
-                problems.append(f"refine_defaults {name}={_brief(value)} (allowed: {low}..{high})")
+                problems.append(f"refine_defaults {name}={show(value)} (allowed: {low}..{high})")
         if not problems:
             from .plan import RefineConfig  # its own checks: the names, choices and types
             try:
@@ -403,11 +405,10 @@ def _within(value, low, high, kind) -> bool:
     return math.isfinite(value) and low <= value <= high
 
 
-def _brief(value) -> str:
+def show(value) -> str:
     """A value from a file, briefly: short scalars and strings as repr, others by type."""
     if isinstance(value, (bool, int, float, type(None))) or (isinstance(value, str) and len(value) <= 40):
-        text = repr(value)
-        return text if len(text) <= 40 else text[:37] + "..."
+        return repr(value)
     return f"a {type(value).__name__}"
 
 

@@ -28,6 +28,7 @@ from ._sources import open_source
 from ._torch_pickle import MemoryBudget, release_pages
 from .checkpoint import (MAX_BLOCKS, MAX_DOWNSAMPLING, CheckpointError, check_destination, install, listing,
                          mismatch_message, sha256, staging, write_into)
+from .checkpoint import show as _show
 from .model import LamaConfig, abstract_model
 
 _IGNORED_SUFFIX = ".num_batches_tracked"
@@ -212,13 +213,6 @@ def _hyper_parameter_problems(inferred: dict, hyper_parameters) -> list[str]:
 def _is(value, allowed) -> bool:
     """`value` equals one of `allowed` and has its type (so 0 is not False, '1' not 1)."""
     return any(type(value) is type(a) and value == a for a in allowed)
-
-
-def _show(value) -> str:
-    """A value from a file, briefly: short scalars and strings as repr, others by type."""
-    if isinstance(value, (bool, int, float, type(None))) or (isinstance(value, str) and len(value) <= 40):
-        return repr(value)
-    return f"a {type(value).__name__}"
 
 
 def to_flax_state(state_dict: Mapping[str, np.ndarray], config: LamaConfig, source: str,
