@@ -47,7 +47,13 @@ def load(model: str | os.PathLike | None = None) -> Lama:
     ("big-lama": downloaded, verified, converted and cached on first use, see
     `jax_refine.hub`), or the path of a converted checkpoint directory (a path that exists
     wins over a name)."""
+    if _is_known_name(model):
+        return hub.load(model)
     return checkpoint.load(checkpoint_path(model))
+
+
+def _is_known_name(model) -> bool:
+    return isinstance(model, str) and hub.is_known(model) and not Path(model).exists()
 
 
 def checkpoint_path(model: str | os.PathLike | None) -> Path:
@@ -58,16 +64,16 @@ def checkpoint_path(model: str | os.PathLike | None) -> Path:
                 f"no bundled default model in this installation ({BUNDLED_WEIGHTS}); pass model='big-lama' or a "
                 "converted checkpoint (`jax-refine convert best.ckpt big-lama-jax`)")
         return BUNDLED_WEIGHTS
-    path = Path(model)
-    if not path.exists() and isinstance(model, str) and hub.is_known(model):
+    if _is_known_name(model):
         return hub.checkpoint(model)
+    path = Path(model)
     return path.absolute()
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(path: str, mtime: float) -> Lama:
+def _load_cached(path: str, mtime: float, name: str | None) -> Lama:
     del mtime  # part of the cache key only: a rewritten checkpoint is loaded again
-    return checkpoint.load(path)
+    return hub.load(name) if name else checkpoint.load(path)  # hub: a damaged cached conversion is remade
 
 
 def resolve_model(model: Lama | str | os.PathLike | None) -> Lama:
@@ -77,7 +83,8 @@ def resolve_model(model: Lama | str | os.PathLike | None) -> Lama:
     if model is None or isinstance(model, (str, os.PathLike)):
         path = checkpoint_path(model)
         meta = path / "jax_refine.json"
-        return _load_cached(str(path), os.path.getmtime(meta) if meta.is_file() else 0.0)
+        return _load_cached(str(path), os.path.getmtime(meta) if meta.is_file() else 0.0,
+                            model if _is_known_name(model) else None)
     raise TypeError(f"model must be a Lama, a known model name, a checkpoint path or None, got {type(model).__name__}")
 
 

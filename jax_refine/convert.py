@@ -29,8 +29,9 @@ import numpy as np
 from ._sources import open_source
 from ._torch_pickle import MemoryBudget, release_pages
 from . import pix2pixhd
-from .checkpoint import (CheckpointError, abstract_generator, check_destination, install, listing, mismatch_message,
-                         sha256, staging, write_into)
+from .checkpoint import (MAX_BLOCKS, MAX_DOWNSAMPLING, CheckpointError, abstract_generator, check_destination, install,
+                         listing, mismatch_message, sha256, staging, write_into)
+from .checkpoint import show as _show
 from .model import LamaConfig, abstract_model
 from .pix2pixhd import Pix2PixHDConfig
 
@@ -169,7 +170,6 @@ _UNSUPPORTED = {
     },
 }
 _SECTIONS = ("init_conv_kwargs", "downsample_conv_kwargs", "resnet_conv_kwargs")  # FFCResNetGenerator's
-MAX_DOWNSAMPLING, MAX_BLOCKS = 8, 64  # LaMa's generators use 3 and 9, 15 or 18
 # The first convolution of each architecture: which one a state_dict holds tells them apart
 STEM_KEYS = {"ffc_resnet": "model.1.ffc.convl2l.weight", pix2pixhd.ARCHITECTURE: "model.1.weight"}
 _BLOCK_KEYS = {"ffc_resnet": re.compile(r"model\.(\d{1,4})\.conv1\."),
@@ -293,13 +293,6 @@ def _hyper_parameter_problems(inferred: dict, hyper_parameters, architecture: st
 def _is(value, allowed) -> bool:
     """`value` equals one of `allowed` and has its type (so 0 is not False, '1' not 1)."""
     return any(type(value) is type(a) and value == a for a in allowed)
-
-
-def _show(value) -> str:
-    """A value from a file, briefly: short scalars and strings as repr, others by type."""
-    if isinstance(value, (bool, int, float, type(None))) or (isinstance(value, str) and len(value) <= 40):
-        return repr(value)
-    return f"a {type(value).__name__}"
 
 
 def to_flax_state(state_dict: Mapping[str, np.ndarray], config, source: str,

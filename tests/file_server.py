@@ -7,7 +7,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class FileServer:
     """Serves `files` {name: bytes} at http://127.0.0.1:<port>/<name> (with the Content-Type
-    its extension names, if any); records each request's path; with `cut` set, sends the full Content-Length but only half of the body."""
+    its extension names, if any); records each request's
+    path; with `cut` set, sends the full Content-Length but only half of the body.
+
+    A value may instead be a callable returning (headers, chunks): a hostile response, its
+    headers as given (Content-Length only if listed) and its body the iterable `chunks`,
+    written one by one until it ends or the client goes away."""
 
     def __init__(self, files):
         self.files, self.requests, self.cut = dict(files), [], False
@@ -22,6 +27,9 @@ class FileServer:
                 if body is None:
                     self.send_error(404)
                     return
+                if callable(body):
+                    self.send_chunks(*body())
+                    return
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 content_type = mimetypes.guess_type(self.path)[0]
@@ -31,10 +39,24 @@ class FileServer:
                 self.wfile.write(body[: len(body) // 2] if server.cut else body)
                 self.close_connection = server.cut
 
+            def send_chunks(self, headers, chunks):
+                self.close_connection = True
+                self.send_response(200)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                try:
+                    for chunk in chunks:
+                        self.wfile.write(chunk)
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client stopped reading: what the bounded downloads do
+
             def log_message(self, *args):
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 

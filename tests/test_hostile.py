@@ -295,28 +295,36 @@ def test_converted_checkpoints_honour_the_umask(umask, tmp_path):
 
 # --------------------------------------------------------------- stale staging directories (15.12)
 
-_SLOW_CONVERT = r"""
+_BLOCKED_CONVERT = r"""
 import sys, time
+from pathlib import Path
 import jax_refine
 c = sys.modules["jax_refine.convert"]  # (jax_refine.convert is also the function)
-def slow_write(*args):
+def blocked_write(tmp, *args):  # called inside the locked staging directory
+    Path(sys.argv[3] + ".tmp").write_text(str(tmp))
+    Path(sys.argv[3] + ".tmp").replace(sys.argv[3])
     time.sleep(600)  # killed here, with the staging directory in place
-c._write = slow_write
+c.write_into = blocked_write
 c.convert(sys.argv[1], sys.argv[2])
 """
 
 
 def test_staging_left_by_sigkill_is_removed_by_the_next_run(tmp_path):
-    dst = tmp_path / "out"
-    child = subprocess.Popen([sys.executable, "-c", _SLOW_CONVERT, str(GOLDEN / "tinylama.ckpt"), str(dst)],
-                             env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    """The child tells (through a file) when it is blocked inside its locked staging
+    directory; only then is it checked and killed, so no step depends on timing."""
+    dst, ready, log = tmp_path / "out", tmp_path / "ready.txt", tmp_path / "child.log"
+    with open(log, "w") as stderr:
+        child = subprocess.Popen([sys.executable, "-c", _BLOCKED_CONVERT, str(GOLDEN / "tinylama.ckpt"), str(dst),
+                                  str(ready)], env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
+                                 stderr=stderr)
     try:
-        deadline = time.monotonic() + 120
-        while not list(tmp_path.glob(".out.*.partial")) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        [stale] = list(tmp_path.glob(".out.*.partial"))
-        time.sleep(0.5)  # the child locks its directory right after making it
+        deadline = time.monotonic() + 300
+        while not ready.exists():  # written by a rename: complete when it exists
+            assert child.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the child never reached its staging directory"
+            time.sleep(0.05)
+        stale = Path(ready.read_text())
+        assert stale.parent == tmp_path and list(tmp_path.glob(".out.*.partial")) == [stale]
         live = Path(tmp_path / f".out.{'ab' * 8}.partial")  # held by a live conversion: kept
         live.mkdir()
         lock = _try_lock(live)

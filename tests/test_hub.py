@@ -4,10 +4,17 @@ A loopback HTTP server (127.0.0.1, port 0, a daemon thread) serves the published
 made from the golden tiny generator (tests/lama_files.py) in place of the real download.
 """
 
+import errno
+import gzip
 import hashlib
+import itertools
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +22,7 @@ import pytest
 import jax_refine
 from jax_refine import hub
 from jax_refine import refine as refine_lib
+from jax_refine import checkpoint
 from jax_refine.checkpoint import read_metadata
 
 import lama_files
@@ -60,7 +68,9 @@ def assert_golden_pixels(model):
 
 
 def cache_files(cache):
-    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
+    """The cache's files but its (empty, lasting) lock files."""
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file() and p.suffix != ".lock"
+                  ) if cache.exists() else []
 
 
 def test_download_verify_convert_cache_and_no_second_request(server, published, cache, monkeypatch, capfd):
@@ -108,7 +118,7 @@ def test_no_server_is_a_clear_error_naming_the_url(published, cache, monkeypatch
     serve_as_big_lama(monkeypatch, url, published[1])
     with pytest.raises(hub.DownloadError, match="could not download big-lama") as err:
         jax_refine.load("big-lama")
-    assert url in str(err.value) and "ConnectionError" in str(err.value)
+    assert url in str(err.value) and "Connection refused" in str(err.value)
     assert cache_files(cache) == []
 
 
@@ -119,10 +129,10 @@ def test_no_server_is_a_clear_error_naming_the_url(published, cache, monkeypatch
 def tiny_entry(monkeypatch):
     """A registry entry 'tiny-lama' for LaMa's zip layout, with its size, MD5 and SHA-256."""
     def register(data, url, **changes):
-        entry = hub.KnownModel(name="tiny-lama", filename="tiny-lama.zip", urls=(url,), size=len(data),
-                               sha256=hashlib.sha256(data).hexdigest(), md5=hashlib.md5(data).hexdigest(),
-                               licence="test licence")
-        monkeypatch.setitem(hub.REGISTRY, "tiny-lama", hub.dataclasses.replace(entry, **changes))
+        mirror = hub.Mirror("tiny-lama.zip", url, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                            md5=hashlib.md5(data).hexdigest())
+        entry = hub.KnownModel("tiny-lama", (hub.dataclasses.replace(mirror, **changes),), licence="test licence")
+        monkeypatch.setitem(hub.REGISTRY, "tiny-lama", entry)
     return register
 
 
@@ -131,7 +141,7 @@ def zip_bytes(tmp_path_factory):
     return lama_files.lama_zip(tmp_path_factory.mktemp("zip") / "z.zip").read_bytes()
 
 
-@pytest.mark.parametrize("change, reason", [(dict(size=123), "received"), (dict(md5="0" * 32), "MD5")])
+@pytest.mark.parametrize("change, reason", [(dict(size=123), "expected 123"), (dict(md5="0" * 32), "MD5")])
 def test_registry_size_and_md5_are_checked_before_the_file_is_kept(zip_bytes, cache, tiny_entry, change, reason):
     served = FileServer({"tiny-lama.zip": zip_bytes})
     try:
@@ -174,30 +184,326 @@ def test_environment_overrides_and_cache_location(monkeypatch, tmp_path):
     assert hub.cache_dir() == tmp_path / "xdg" / "jax_refine"
     monkeypatch.setenv("JAX_REFINE_HOME", str(tmp_path / "home2"))
     assert hub.cache_dir() == tmp_path / "home2"
-    published = hub.known_model("big-lama")
-    assert published.size == 205_669_692 and published.md5 == "e3aa4aaa15225a33ec84f9f4bc47e500"
-    assert published.urls == ("https://github.com/Sanster/models/releases/download/add_big_lama/big-lama.pt",)
+    published = hub.known_model("big-lama").mirrors
+    assert [(m.filename, m.size) for m in published] == [
+        ("big-lama.pt", 205_669_692), ("big-lama.zip", 381_428_720), ("lama.ckpt", 410_046_389)]
+    assert published[0].md5 == "e3aa4aaa15225a33ec84f9f4bc47e500"
+    assert published[0].url == "https://github.com/Sanster/models/releases/download/add_big_lama/big-lama.pt"
+    assert published[1].url == "https://huggingface.co/smartywu/big-lama/resolve/main/big-lama.zip"
+    assert published[2].url == "https://huggingface.co/lllyasviel/Annotators/resolve/main/lama.ckpt"
     monkeypatch.setenv("JAX_REFINE_BIG_LAMA_URL", "https://mirror.example/big-lama.pt")
-    mirror = hub.known_model("big-lama")
-    assert mirror.urls == ("https://mirror.example/big-lama.pt",) and mirror.sha256 == published.sha256
-    assert mirror.size == published.size  # the same file is expected from a mirror
+    [mirror] = hub.known_model("big-lama").mirrors
+    assert mirror == hub.dataclasses.replace(published[0], url="https://mirror.example/big-lama.pt")
+    monkeypatch.setenv("JAX_REFINE_BIG_LAMA_URL", "https://mirror.example/files/lama.ckpt?download=1")
+    [mirror] = hub.known_model("big-lama").mirrors  # the registered file of that name is expected
+    assert mirror.sha256 == published[2].sha256 and mirror.size == published[2].size
     monkeypatch.setenv("JAX_REFINE_BIG_LAMA_SHA256", "AB" * 32)
-    private = hub.known_model("big-lama")
+    [private] = hub.known_model("big-lama").mirrors
     assert private.sha256 == "ab" * 32 and private.size is None and private.md5 is None
 
 
-def test_stale_download_temporaries_are_removed(tmp_path):
-    stale, fresh, other = tmp_path / "tmpab12cd_3", tmp_path / "tmpzz99yy00", tmp_path / "tmp_notes.txt"
-    for path in (stale, fresh, other):
+def test_temporaries_of_killed_downloads_are_removed_by_the_next_download(zip_bytes, cache, tiny_entry):
+    downloads = cache / "downloads"
+    downloads.mkdir(parents=True)
+    stale = downloads / f".tiny-lama.zip.{'ab' * 8}.part"
+    others = [downloads / ".tiny-lama.zip.part", downloads / f".other.zip.{'ab' * 8}.part", downloads / "notes.txt"]
+    for path in [stale, *others]:
         path.write_bytes(b"x")
-    old = time.time() - 3600
-    os.utime(stale, (old, old))
-    os.utime(other, (old, old))
-    assert hub.remove_stale_downloads(tmp_path) == [stale]
-    assert not stale.exists() and fresh.exists() and other.exists()
+    served = FileServer({"tiny-lama.zip": zip_bytes})
+    try:
+        tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+        assert hub.fetch(hub.known_model("tiny-lama")) == downloads / "tiny-lama.zip"
+    finally:
+        served.close()
+    assert not stale.exists() and all(p.exists() for p in others)
 
 
 def test_load_none_is_the_bundled_model():
     model = jax_refine.load(None)
     assert model.config == jax_refine.default_model().config
     assert model is not jax_refine.default_model()  # load gives a new model, default_model the cached one
+
+
+# ---------------------------------------------------------------- bounded downloads (issue 23)
+
+
+def endless(headers):
+    """A response of zeros without end (the client has to stop reading)."""
+    return lambda: (headers, itertools.repeat(b"\0" * 65536))
+
+
+def drip(seconds):
+    """A response sending one byte every `seconds` without end, announcing no length."""
+    def chunks():
+        while True:
+            yield b"\0"
+            time.sleep(seconds)
+    return lambda: ({}, chunks())
+
+
+def gzip_bomb():
+    """A gzip-encoded body of 1 MB that decodes to 256 MiB of zeros."""
+    body = gzip.compress(b"\0" * (256 << 20), compresslevel=1)
+    return lambda: ({"Content-Encoding": "gzip", "Content-Length": str(len(body))}, [body])
+
+
+@pytest.mark.parametrize("response, reason", [
+    (endless({}), "more than the expected"),
+    (endless({"Content-Length": str(1 << 40)}), "announces 1099511627776 bytes"),
+    (gzip_bomb(), "'gzip'-encoded body"),
+    (drip(0.02), "the transfer stalled"),
+], ids=["endless", "oversized", "gzip-bomb", "drip"])
+def test_hostile_servers_are_stopped_at_once_and_leave_nothing(zip_bytes, cache, tiny_entry, monkeypatch, response,
+                                                                reason):
+    monkeypatch.setattr(hub, "_RATE_WINDOW", 0.5)
+    monkeypatch.setattr(hub, "_MIN_RATE", 1000)  # bytes/s: a drip of 50 bytes/s is under it
+    served = FileServer({"tiny-lama.zip": response})
+    try:
+        tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+        start = time.monotonic()
+        with pytest.raises(hub.DownloadError, match=reason) as err:
+            hub.checkpoint("tiny-lama")
+        assert time.monotonic() - start < 30
+    finally:
+        served.close()
+    assert served.url("tiny-lama.zip") in str(err.value)
+    assert cache_files(cache) == []
+
+
+def test_a_silent_server_ends_at_the_read_timeout(zip_bytes, cache, tiny_entry, monkeypatch):
+    monkeypatch.setattr(hub, "_READ_TIMEOUT", 0.5)
+    served = FileServer({"tiny-lama.zip": lambda: ({"Content-Length": str(len(zip_bytes))}, [time.sleep(3) or b""])})
+    try:
+        tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+        with pytest.raises(hub.DownloadError, match="timed out"):
+            hub.checkpoint("tiny-lama")
+    finally:
+        served.close()
+    assert cache_files(cache) == []
+
+
+def test_too_little_free_space_is_one_clear_error_before_any_request(zip_bytes, cache, tiny_entry, monkeypatch):
+    served = FileServer({"tiny-lama.zip": zip_bytes})
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1000))
+    try:
+        tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+        with pytest.raises(hub.DownloadError, match="the disk is full") as err:
+            hub.checkpoint("tiny-lama")
+    finally:
+        served.close()
+    assert "MB needed, 0.0 MB free" in str(err.value) and served.requests == []
+    assert cache_files(cache) == []
+
+
+def test_a_disk_filling_during_the_download_is_one_clear_error_and_leaves_nothing(zip_bytes, cache, tiny_entry,
+                                                                                  monkeypatch):
+    real_open = open
+
+    def full_disk_open(path, mode="r", *args, **kwargs):  # the temporary file's writes fail as on a full disk
+        f = real_open(path, mode, *args, **kwargs)
+        if Path(path).suffix == ".part":
+            def write(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            f.write = write
+        return f
+
+    monkeypatch.setattr(hub, "open", full_disk_open, raising=False)
+    served = FileServer({"tiny-lama.zip": zip_bytes})
+    try:
+        tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+        with pytest.raises(hub.DownloadError, match="the disk is full: No space left on device"):
+            hub.checkpoint("tiny-lama")
+    finally:
+        served.close()
+    assert cache_files(cache) == []
+
+
+# ---------------------------------------------------------------- mirrors
+
+
+def test_mirrors_are_tried_in_order_each_verified(zip_bytes, cache, monkeypatch):
+    bad = bytes(len(zip_bytes))  # the right size, the wrong bytes
+    served = FileServer({"second/tiny-lama.zip": bad, "third/lama.zip": zip_bytes})
+    digest = hashlib.sha256(zip_bytes).hexdigest()
+    mirrors = (hub.Mirror("tiny-lama.zip", served.url("first/tiny-lama.zip"), len(zip_bytes), digest),
+               hub.Mirror("tiny-lama.zip", served.url("second/tiny-lama.zip"), len(zip_bytes), digest),
+               hub.Mirror("lama.zip", served.url("third/lama.zip"), len(zip_bytes), digest))
+    monkeypatch.setitem(hub.REGISTRY, "tiny-lama", hub.KnownModel("tiny-lama", mirrors, "test licence"))
+    try:
+        converted = hub.checkpoint("tiny-lama")
+    finally:
+        served.close()
+    assert served.requests == ["/first/tiny-lama.zip", "/second/tiny-lama.zip", "/third/lama.zip"]
+    assert read_metadata(converted)["source"]["sha256"] == digest
+    assert cache_files(cache)[0] == "downloads/lama.zip"
+    assert read_metadata(cache / "models" / "tiny-lama")["source"]["file"] == "lama.zip"
+
+
+def test_when_every_mirror_fails_the_error_lists_each_and_why(zip_bytes, cache, monkeypatch):
+    served = FileServer({"b.zip": bytes(len(zip_bytes)), "c.zip": zip_bytes[:100]})
+    digest = hashlib.sha256(zip_bytes).hexdigest()
+    mirrors = tuple(hub.Mirror(name, served.url(name), len(zip_bytes), digest) for name in ("a.zip", "b.zip", "c.zip"))
+    monkeypatch.setitem(hub.REGISTRY, "tiny-lama", hub.KnownModel("tiny-lama", mirrors, "test licence"))
+    try:
+        with pytest.raises(hub.DownloadError) as err:
+            hub.checkpoint("tiny-lama")
+    finally:
+        served.close()
+    lines = str(err.value).splitlines()
+    assert lines[0] == "could not download tiny-lama from any of its 3 mirror(s):"
+    assert lines[1] == f"  {served.url('a.zip')}: HTTPError: HTTP Error 404: Not Found"
+    assert lines[2].startswith(f"  {served.url('b.zip')}: DownloadError: SHA-256 ") and digest in lines[2]
+    assert lines[3] == (f"  {served.url('c.zip')}: DownloadError: the server announces 100 bytes, "
+                        f"expected {len(zip_bytes):,}")
+    assert cache_files(cache) == []
+
+
+# ---------------------------------------------------------------- cached conversions are inputs
+
+
+def damage_params(converted):
+    """Overwrite the middle of every stored array file of `converted` with other bytes."""
+    for path in (converted / "params").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+            path.write_bytes(bytes(data))
+
+
+def replace_with_nan_weights(converted):
+    """Rewrite the conversion with NaN weights and a matching digest (as a bad conversion would)."""
+    from jax_refine import checkpoint as checkpoint_lib
+    meta = read_metadata(converted)
+    config = checkpoint.config_from_record(meta["config"], "test")
+    flat = {k: np.full_like(v, np.nan) for k, v in checkpoint_lib.read_params(converted, config).items()}
+    checkpoint_lib.save_flat(flat, config, converted, source=meta["source"], overwrite=True)
+
+
+def truncate_params(converted):
+    for path in (converted / "params").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(path.read_bytes()[:10])
+
+
+@pytest.mark.parametrize("damage", [damage_params, replace_with_nan_weights, truncate_params])
+def test_a_damaged_cached_conversion_is_converted_again_from_the_verified_download(zip_bytes, cache, tiny_entry,
+                                                                                   damage, capfd):
+    served = FileServer({"tiny-lama.zip": zip_bytes})
+    try:
+        tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+        jax_refine.load("tiny-lama")
+        damage(cache / "models" / "tiny-lama")
+        capfd.readouterr()
+        assert_golden_pixels(jax_refine.load("tiny-lama"))
+    finally:
+        served.close()
+    assert "the cached conversion of tiny-lama is damaged" in capfd.readouterr().err
+    assert len(served.requests) == 1  # converted again from the download in the cache
+
+
+def test_a_damaged_conversion_whose_download_is_gone_names_the_fix(zip_bytes, cache, tiny_entry):
+    served = FileServer({"tiny-lama.zip": zip_bytes})
+    tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+    try:
+        jax_refine.load("tiny-lama")
+    finally:
+        served.close()
+    damage_params(cache / "models" / "tiny-lama")
+    (cache / "downloads" / "tiny-lama.zip").unlink()
+    with pytest.raises(hub.DownloadError) as err:
+        jax_refine.load("tiny-lama")
+    assert "Download one of tiny-lama.zip" in str(err.value) and "jax-refine convert tiny-lama.zip" in str(err.value)
+
+
+# ---------------------------------------------------------------- one cache, several processes
+
+_LOAD_TINY = r"""
+import sys, time
+from pathlib import Path
+import jax_refine
+from jax_refine import checkpoint, hub
+url, size, sha256, hold = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+hub.REGISTRY["tiny-lama"] = hub.KnownModel("tiny-lama", (hub.Mirror("tiny-lama.zip", url, size, sha256),), "test")
+if hold != "-":  # stop with the conversion written, before it is installed, until told to go on
+    convert = sys.modules["jax_refine.convert"]
+    install = convert.install
+    def held(*args):
+        Path(hold + ".ready").touch()
+        while not Path(hold + ".go").exists():
+            time.sleep(0.01)
+        install(*args)
+    convert.install = held
+model = jax_refine.load("tiny-lama")
+print(checkpoint.read_metadata(hub.cache_dir() / "models" / "tiny-lama")["params_sha256"], model.config.ngf)
+"""
+
+
+def test_two_processes_loading_into_an_empty_cache_wait_for_one_conversion(zip_bytes, cache, tmp_path):
+    """The first process stops inside its conversion; the second is started then, must say it
+    waits, and goes on only once the first installed a complete conversion: one download,
+    one conversion, both loads succeed with the same parameters."""
+    served = FileServer({"tiny-lama.zip": zip_bytes})
+    args = [served.url("tiny-lama.zip"), str(len(zip_bytes)), hashlib.sha256(zip_bytes).hexdigest()]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), JAX_REFINE_HOME=str(cache))
+    hold = tmp_path / "first"
+    first = subprocess.Popen([sys.executable, "-c", _LOAD_TINY, *args, str(hold)], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    second = None
+    try:
+        deadline = time.monotonic() + 300
+        while not Path(f"{hold}.ready").exists():
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = subprocess.Popen([sys.executable, "-c", _LOAD_TINY, *args, "-"], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        seen = []
+        for line in second.stderr:  # it blocks on the lock after saying so
+            seen.append(line)
+            if "jax-refine: waiting for another process using" in line:
+                break
+        else:
+            pytest.fail(f"the second process did not wait: {''.join(seen)}")
+        Path(f"{hold}.go").touch()
+        outputs = [first.communicate(timeout=300), second.communicate(timeout=300)]
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+        served.close()
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    digest = read_metadata(cache / "models" / "tiny-lama")["params_sha256"]
+    assert [out.split() for out, _ in outputs] == [[digest, "8"], [digest, "8"]]
+    assert served.requests == ["/tiny-lama.zip"]
+    assert sorted(p.name for p in (cache / "models").iterdir()) == ["tiny-lama", "tiny-lama.lock"]
+
+
+def test_a_conversion_is_not_replaced_while_it_is_being_read(zip_bytes, cache, tiny_entry, capfd):
+    """A reader's shared lock (taken here, as another process would) keeps a rebuild of the
+    damaged conversion waiting; the rebuild goes on once the reader lets go."""
+    import threading
+
+    served = FileServer({"tiny-lama.zip": zip_bytes})
+    tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+    converted = cache / "models" / "tiny-lama"
+    try:
+        jax_refine.load("tiny-lama")
+        damage_params(converted)
+        before = (converted / "jax_refine.json").stat().st_ino
+        results = []
+        with hub._locked(converted, shared=True):
+            loader = threading.Thread(target=lambda: results.append(jax_refine.load("tiny-lama")))
+            loader.start()
+            seen = ""
+            while "jax-refine: waiting for another process using" not in seen:
+                assert loader.is_alive(), seen
+                seen += capfd.readouterr().err
+                time.sleep(0.01)
+            assert "the cached conversion of tiny-lama is damaged" not in seen  # said only once it may rebuild
+            assert (converted / "jax_refine.json").stat().st_ino == before
+        loader.join(timeout=300)
+    finally:
+        served.close()
+    assert len(results) == 1 and results[0].config.ngf == 8
+    assert (converted / "jax_refine.json").stat().st_ino != before  # made again
+    assert len(served.requests) == 1
