@@ -37,8 +37,8 @@ import warnings
 from pathlib import Path
 
 from .files import (Item, ItemError, UsageError, check_outputs, find_items, item_size, open_image,
-                    output_complete, remove_stale_partials, save_atomic, write_atomic)
-from .api import batch_key, inpaint_batch_with_info, inpaint_with_info, resolve_model
+                    output_complete, printable, remove_stale_partials, save_atomic, write_atomic)
+from .api import batch_key, check_arguments, inpaint_batch_with_info, inpaint_with_info, resolve_model
 from .images import MAX_HOLE_FRACTION, LargeHoleWarning, check_mask_threshold
 from .plan import RefineConfig, budget_size, model_defaults
 
@@ -93,6 +93,7 @@ class JobSummary:
     seconds: float = 0.0
     processes: int = 1
     process: int = 0  # this process's index
+    left_out: list[str] = dataclasses.field(default_factory=list)  # the output folder, inside the input folder
 
     @property
     def images_per_second(self) -> float:
@@ -105,7 +106,10 @@ class JobSummary:
                 f"({self.images_per_second:.3g} images/s){over}")
 
     def __str__(self) -> str:
-        return "\n".join([self.headline()] + [f"  {path}: {reason}" for path, reason in self.failures])
+        return "\n".join([self.headline()] + [f"  {printable(path)}: {printable(reason)}"
+                                              for path, reason in self.failures]
+                         + [f"  left out {printable(path)}: the output folder, inside the input folder"
+                            for path in self.left_out])
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -115,6 +119,20 @@ class JobSummary:
         fields = json.loads(text)
         return cls(**{**fields, "failures": [tuple(f) for f in fields["failures"]],
                       "warnings": [tuple(w) for w in fields["warnings"]]})
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (raised by the handler `jax-refine inpaint` installs): stops a job as Ctrl-C does."""
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """A job stopped by Ctrl-C (KeyboardInterrupt) or SIGTERM (`Terminated`) after it began
+    its items: the writes in progress were finished or removed, `summary` is what this
+    process did until then, `terminated` whether SIGTERM stopped it."""
+
+    def __init__(self, summary: JobSummary, terminated: bool):
+        super().__init__("terminated" if terminated else "interrupted")
+        self.summary, self.terminated = summary, terminated
 
 
 # --------------------------------------------------------------------------------------
@@ -149,16 +167,18 @@ def inpaint_files(source, output, mask=None, *, model=None, method: str = "refin
     Returns the `JobSummary` of the whole job (every process gets the same counts). Raises
     UsageError for arguments that make no job; a bad item fails alone (summary.failures).
     """
+    check_arguments(config=config)
     if distributed:
         start_distributed(coordinator, num_processes, process_id)
     settings = JobSettings(method, config or RefineConfig(), mask_threshold, batch_size, crop_margin, overwrite,
                            skip_existing)
-    items, shared_mask, mode = find_items(source, mask, output, image_suffixes, keep_ext)
+    items, shared_mask, mode, left_out = find_items(source, mask, output, image_suffixes, keep_ext)
     model = resolve_model(model) if any(item.problem is None for item in items) else None
     if config is None and model is not None:  # the model's recommended settings
         settings = dataclasses.replace(settings, config=model_defaults(model))
     return run_items(items, model, settings, shared_mask=shared_mask, distributed=distributed, verbose=verbose,
-                     report_folder=None if mode == "single" else Path(output), outer_bar=mode != "single")
+                     report_folder=None if mode == "single" else Path(output), outer_bar=mode != "single",
+                     left_out=left_out)
 
 
 def start_distributed(coordinator: str | None = None, num_processes: int | None = None,
@@ -226,7 +246,7 @@ def _fingerprint(items: list[Item], sizes, batches) -> str:
     for batch in batches:
         for index in batch:
             item = items[index]
-            digest.update(f"{item.name}\0{item.output}\0{sizes.get(index)}\n".encode())
+            digest.update(f"{item.name}\0{item.output}\0{sizes.get(index)}\n".encode("utf-8", "surrogateescape"))
         digest.update(b"\1")
     return digest.hexdigest()
 
@@ -291,7 +311,7 @@ class _Group:
         parts = [JobSummary.from_json(text) for text in self._all("summary", own.to_json())]
         return JobSummary(sum(p.done for p in parts), sum(p.skipped for p in parts),
                           [f for p in parts for f in p.failures], [w for p in parts for w in p.warnings],
-                          time.perf_counter() - start, self.count, self.index)
+                          time.perf_counter() - start, self.count, self.index, own.left_out)
 
 
 # --------------------------------------------------------------------------------------
@@ -301,9 +321,11 @@ class _Group:
 
 def run_items(items: list[Item], model, settings: JobSettings, *, shared_mask: Path | None = None,
               distributed: bool = False, verbose: bool = False, report_folder: Path | None = None,
-              outer_bar: bool = True) -> JobSummary:
+              outer_bar: bool = True, left_out=()) -> JobSummary:
     """Inpaint `items` (see the module docstring); `model` a Lama (None when every item
-    already has a problem). Returns the whole job's summary."""
+    already has a problem); left_out: folders discovery left out (`files.Found`), named in
+    the summary. Returns the whole job's summary; Ctrl-C or SIGTERM once the items began
+    raise `JobInterrupted`."""
     start = time.perf_counter()
     if model is not None and settings.method == "refine" and settings.config.modulo % model.config.modulo:
         raise UsageError(f"modulo {settings.config.modulo} must be a multiple of the model's {model.config.modulo}")
@@ -317,7 +339,7 @@ def run_items(items: list[Item], model, settings: JobSettings, *, shared_mask: P
     group = _Group(distributed)
     try:
         own = _run_share(items, model, settings, mask_image, group, start, verbose, report_folder, outer_bar,
-                         distributed)
+                         distributed, left_out)
     except BaseException as e:
         group.abort(f"{type(e).__name__}: {e}")
         raise
@@ -325,7 +347,8 @@ def run_items(items: list[Item], model, settings: JobSettings, *, shared_mask: P
 
 
 def _run_share(items: list[Item], model, settings: JobSettings, mask_image, group: _Group, start: float,
-               verbose: bool, report_folder: Path | None, outer_bar: bool, distributed: bool) -> JobSummary:
+               verbose: bool, report_folder: Path | None, outer_bar: bool, distributed: bool,
+               left_out) -> JobSummary:
     """This process's part of `run_items`: plan, split, resume, run; its own summary."""
     sizes = _sizes(items)
     batches = plan_batches(items, sizes, settings, model)
@@ -339,14 +362,18 @@ def _run_share(items: list[Item], model, settings: JobSettings, mask_image, grou
     if removed:
         reporter.note(f"removed {len(removed)} temporary file(s) an interrupted run left: "
                       + ", ".join(map(str, removed[:3])) + (" ..." if len(removed) > 3 else ""))
-    mine = [[items[i] for i in batch] for batch in _resume(mine, items, sizes, settings, reporter)]
     try:
+        mine = [[items[i] for i in batch] for batch in _resume(mine, items, sizes, settings, reporter)]
         with warnings.catch_warnings():  # said per item by the reporter instead
             warnings.simplefilter("ignore", LargeHoleWarning)
             _Runner(settings, model, mask_image, reporter).run(mine)
+    except KeyboardInterrupt as e:  # the pool finished the writes in progress (or they removed their files)
+        reporter.close()
+        raise JobInterrupted(reporter.summary(time.perf_counter() - start, group.count, group.index, left_out),
+                             isinstance(e, Terminated)) from None
     finally:
         reporter.close()
-    own = reporter.summary(time.perf_counter() - start, group.count, group.index)
+    own = reporter.summary(time.perf_counter() - start, group.count, group.index, left_out)
     if group.count > 1:
         reporter.note(f"this process: {own.headline()}")
     if distributed and report_folder is not None:
@@ -541,6 +568,7 @@ class Reporter:
                 self.outer = tqdm(total=total, unit="img", desc="images", file=sys.stderr, dynamic_ncols=True)
 
     def _write(self, line):
+        line = printable(line)
         with self._lock:
             if self.bars:
                 self._tqdm.write(self.prefix + line, file=sys.stderr)
@@ -622,7 +650,7 @@ class Reporter:
     def report(self, item: Item, info):
         """The refinement report of one image (stdout)."""
         with self._lock:
-            print(f"{item.output}: {format_report(info)}", flush=True)
+            print(f"{printable(item.output)}: {format_report(info)}", flush=True)
 
     def close(self):
         with self._lock:
@@ -631,10 +659,10 @@ class Reporter:
                     bar.close()
             self.inner = self.outer = None
 
-    def summary(self, seconds: float, processes: int, process: int) -> JobSummary:
+    def summary(self, seconds: float, processes: int, process: int, left_out=()) -> JobSummary:
         with self._lock:
             return JobSummary(self.done, self.skipped_count, list(self.failures), list(self.warnings), seconds,
-                              processes, process)
+                              processes, process, [str(path) for path in left_out])
 
 
 def format_report(info) -> str:
