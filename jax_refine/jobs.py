@@ -517,7 +517,10 @@ class _Runner:
         except UsageError as e:  # no writer for this extension (--keep-ext)
             self.reporter.failed(item.output, str(e).split(": ", 1)[-1])
             return
-        except Exception as e:  # noqa: BLE001 - disk full, permissions, a folder in the way, ...
+        except OSError as e:  # disk full, I/O error, permissions, a folder in the way, ...
+            self.reporter.failed(item.output, f"cannot write: {e.strerror or e}")
+            return
+        except Exception as e:  # noqa: BLE001 - an encoder's own error
             self.reporter.failed(item.output, f"cannot write: {e}")
             return
         self.reporter.succeeded(item, seconds)

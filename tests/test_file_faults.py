@@ -1,0 +1,259 @@
+"""Faults of the real world around images and folders (issue 23): any name a file system
+allows, two jobs in one folder, full disks, SIGINT / SIGTERM at the instant a temporary file
+exists, API arguments checked at the boundary, an output folder inside the input folder."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import jax_refine
+from jax_refine import cli, files, jobs
+from jax_refine.plan import RefineConfig
+
+from conftest import load_golden_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def photo():
+    image, mask = load_golden_image("coffee_300x400")
+    return Image.fromarray((image[:32, :40] * 255).round().astype(np.uint8)), mask[:32, :40] > 0
+
+
+def mask_image(hole):
+    return Image.fromarray(np.where(hole, 255, 0).astype(np.uint8))
+
+
+def entries(folder) -> list[bytes]:
+    return sorted(os.listdir(os.fsencode(folder)))
+
+
+def run_cli(*argv, **env):
+    """`jax-refine` in a child process, its output decoded as an ASCII terminal would."""
+    return subprocess.run([sys.executable, "-m", "jax_refine", *map(os.fsdecode, argv)], capture_output=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), **env), timeout=300)
+
+
+# ------------------------------------------------------------------------------ names (item 1)
+
+LATIN_1 = os.fsdecode(b"caf\xe9")      # not UTF-8: a Latin-1 name from an old archive
+LONG = "x" * 251                       # + ".png": 255 bytes, the limit
+
+
+@pytest.mark.parametrize("stem", [LATIN_1, "two\nlines", "-dash", LONG])
+def test_temporary_names_fit_and_stale_ones_are_found(tmp_path, stem):
+    output = tmp_path / (stem + ".png")
+    seen = []
+    files.write_atomic(output, lambda f: (f.write(b"data"), seen.extend(os.listdir(os.fsencode(tmp_path)))))
+    [partial] = seen
+    assert len(partial) <= 255 and partial.endswith(b".partial") and output.read_bytes() == b"data"
+    assert entries(tmp_path) == [os.fsencode(output.name)]
+    abandoned = tmp_path / os.fsdecode(partial)  # as a killed writer leaves it: unlocked
+    abandoned.write_bytes(b"")
+    other = tmp_path / f".{files.partial_stem('y' + stem + '.png')}.{'0' * 16}.partial"
+    other.write_bytes(b"")  # another output's
+    assert files.remove_stale_partials([output]) == [abandoned] and other.exists()
+
+
+def test_any_name_works_end_to_end_on_an_ascii_terminal(tmp_path, tiny_checkpoint, photo):
+    """Invalid UTF-8, a newline, a leading dash and 255 bytes: discovery, the job, the
+    per-item lines, the summary and the report, with PYTHONIOENCODING=ascii and LANG=C."""
+    images, masks, out = tmp_path / "images", tmp_path / "masks", tmp_path / "out"
+    images.mkdir()
+    masks.mkdir()
+    stems = [LATIN_1, "two\nlines", "-dash", LONG]
+    for stem in stems:
+        photo[0].save(images / f"{stem}.png")
+        mask_image(photo[1]).save(masks / f"{stem}.png")
+    bad = os.fsdecode(b"bad\xff\n\x1b[31m")
+    (images / f"{bad}.png").write_bytes(b"not a png")
+    mask_image(photo[1]).save(masks / f"{bad}.png")
+    done = run_cli("inpaint", images, masks, "-o", out, "--model", tiny_checkpoint, "--no-refine", "--report",
+                   PYTHONIOENCODING="ascii", LANG="C", LC_ALL="C")
+    stdout, stderr = done.stdout.decode("ascii"), done.stderr.decode("ascii")  # nothing but ASCII
+    assert done.returncode == 1 and "Traceback" not in stderr, stderr
+    assert entries(out) == sorted(os.fsencode(f"{stem}.png") for stem in stems)
+    alone = np.asarray(jax_refine.inpaint(photo[0], photo[1], tiny_checkpoint, method="plain"))
+    for stem in stems:
+        np.testing.assert_array_equal(np.asarray(Image.open(out / f"{stem}.png")), alone)
+    assert "4 done, 1 failed" in stdout
+    shown_bad = files.printable(images / f"{bad}.png")
+    assert shown_bad.endswith("bad\\xff\\n\\x1b[31m.png")
+    assert f"  {shown_bad}: cannot read image: not an image file" in stdout
+    assert f"failed: {shown_bad}: cannot read image" in stderr
+    assert f"{out}/caf\\xe9.png: plain prediction" in stdout and f"{out}/two\\nlines.png: plain" in stdout
+    assert stdout.count("\n") == len(stems) + 2  # one line per report, the headline, the failure
+
+
+def test_fingerprints_and_reports_of_any_name(tmp_path):
+    names = [tmp_path / f"{stem}.png" for stem in (LATIN_1, "two\nlines", LONG)]
+    items = [files.Item(name, name, name, name) for name in names]
+    sizes = {i: (4, 5) for i in range(len(items))}
+    assert len(jobs._fingerprint(items, sizes, [[0, 1], [2]])) == 64
+    reporter = jobs.Reporter(3, verbose=False, outer_bar=False)
+    for item in items:
+        reporter.succeeded(item, 0.1)
+    report = tmp_path / "report.json"
+    jobs._write_report(report, reporter, reporter.summary(1.0, 1, 0))
+    text = report.read_bytes().decode("ascii")  # JSON escapes, names round-trip through surrogateescape
+    assert [Path(p) for p in json.loads(text)["written"]] == names
+
+
+# ------------------------------------------------------------------------------ two jobs, one folder (item 5)
+
+def test_a_second_job_never_removes_a_live_jobs_temporary_file(tmp_path, tiny_checkpoint, photo, capsys):
+    """The first job is writing out/a_mask.png when a second job on the same folder starts:
+    the second removes only the abandoned temporary file, the first job's survives."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    out.mkdir()
+    photo[0].save(data / "a.png")
+    mask_image(photo[1]).save(data / "a_mask.png")
+    abandoned = out / f".a_mask.png.{'1' * 16}.partial"  # a killed job's
+    abandoned.write_bytes(b"")
+    live = []
+
+    def first_job_writes(f):
+        f.write(b"first job's bytes")
+        live.extend(p for p in out.iterdir() if p.name.endswith(".partial") and p != abandoned)
+        assert cli.main(["inpaint", str(data), "-o", str(out), "--model", str(tiny_checkpoint), "--no-refine",
+                         "--overwrite"]) == 0  # the second job
+        assert all(p.exists() for p in live)
+
+    files.write_atomic(out / "a_mask.png", first_job_writes)
+    assert len(live) == 1 and not live[0].exists() and not abandoned.exists()
+    assert "removed 1 temporary file(s)" in capsys.readouterr().err
+    assert (out / "a_mask.png").read_bytes() == b"first job's bytes"  # the first job's rename came last
+    assert entries(out) == [b"a_mask.png"]
+
+
+# ------------------------------------------------------------------------------ full disks (item 6)
+
+def test_a_full_disk_fails_each_item_in_one_line_and_leaves_nothing(tmp_path, tiny_checkpoint, photo, capsys,
+                                                                     monkeypatch):
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    for name in ("a", "b"):
+        photo[0].save(data / f"{name}.png")
+        mask_image(photo[1]).save(data / f"{name}_mask.png")
+    write_atomic = files.write_atomic
+
+    def disk_full(path, write):
+        def part_then_enospc(f):
+            f.write(b"\0" * 100)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write_atomic(path, part_then_enospc)
+
+    monkeypatch.setattr(files, "write_atomic", disk_full)
+    assert cli.main(["inpaint", str(data), "-o", str(out), "--model", str(tiny_checkpoint), "--no-refine"]) == 1
+    captured = capsys.readouterr()
+    for name in ("a", "b"):
+        line = f"failed: {out / name}_mask.png: cannot write: No space left on device"
+        assert captured.err.count(line) == 1 and captured.out.count(line[len("failed: "):]) == 1
+    assert "Traceback" not in captured.err and entries(out) == []
+
+
+# ------------------------------------------------------------------------------ signals (item 7)
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("instant", ["created", "writing"])
+def test_a_signal_at_the_instant_a_temporary_file_exists_leaves_nothing(tmp_path, monkeypatch, signum, instant):
+    """The signal arrives in the main thread right after the temporary file was created
+    (before its lock) or while it is written: the writer removes it."""
+    def signal_now(*args):
+        os.kill(os.getpid(), signum)  # the handler runs at the next bytecode of this thread
+
+    if instant == "created":
+        hold = files._hold
+        monkeypatch.setattr(files, "_hold", lambda *args: (signal_now(), hold(*args))[1])
+    with pytest.raises(KeyboardInterrupt) as stopped, cli._sigterm_stops_the_job():
+        files.write_atomic(tmp_path / "out.png", signal_now if instant == "writing" else lambda f: f.write(b"x"))
+    assert isinstance(stopped.value, jobs.Terminated) == (signum == signal.SIGTERM)
+    assert os.listdir(tmp_path) == []
+
+
+_SIGTERM_WHILE_WRITING = """
+import os, signal, sys, threading
+from jax_refine import cli, files
+hold, raise_terminated, handled = files._hold, cli._raise_terminated, threading.Event()
+def handler(*args):
+    handled.set()
+    raise_terminated(*args)
+def hold_then_sigterm(*args):  # on a writer thread: the first output's temporary file exists
+    if not handled.is_set():
+        os.kill(os.getpid(), signal.SIGTERM)
+        handled.wait(60)  # the main thread stops the job while this write is in progress
+    return hold(*args)
+cli._raise_terminated, files._hold = handler, hold_then_sigterm
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_finishes_the_writes_prints_the_summary_and_exits_143(tmp_path, tiny_checkpoint, photo):
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    for name in ("a", "b", "c"):
+        photo[0].save(data / f"{name}.png")
+        mask_image(photo[1]).save(data / f"{name}_mask.png")
+    done = subprocess.run([sys.executable, "-c", _SIGTERM_WHILE_WRITING, "inpaint", str(data), "-o", str(out),
+                           "--model", str(tiny_checkpoint), "--no-refine"], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+    assert done.returncode == cli.EXIT_TERMINATED == 143, done.stderr
+    assert done.stderr.endswith("terminated (SIGTERM)\n") and "Traceback" not in done.stderr
+    written = entries(out)  # the writes in progress finished (the first one at least), no temporary file
+    assert 1 <= len(written) and all(name.endswith(b"_mask.png") for name in written)
+    assert done.stdout.startswith(f"{len(written)} done, 0 failed")
+    assert all(files.output_complete(out / os.fsdecode(name), (32, 40)) for name in written)
+
+
+# ------------------------------------------------------------------------------ API types (item 9)
+
+def test_api_arguments_are_checked_at_the_boundary(tiny_model, photo, tmp_path):
+    image, hole = np.asarray(photo[0]), photo[1]
+    calls = {
+        "inpaint": lambda **kw: jax_refine.inpaint(image, hole, tiny_model, **kw),
+        "inpaint_with_info": lambda **kw: jax_refine.inpaint_with_info(image, hole, tiny_model, **kw),
+        "inpaint_batch": lambda **kw: jax_refine.inpaint_batch([image], [hole], tiny_model, **kw),
+        "inpaint_batch_with_info": lambda **kw: jax_refine.inpaint_batch_with_info([image], [hole], tiny_model, **kw),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match="config must be a jax_refine.RefineConfig or None, got dict"):
+            call(config={"n_iters": 2})
+        with pytest.raises(TypeError, match="progress must be True, False, None or a callable .*, got str"):
+            call(progress="yes")
+        with pytest.raises(ValueError, match="devices is empty"):
+            call(devices=[])
+        with pytest.raises(TypeError, match="devices must be jax devices .*, got str"):
+            call(devices=["cpu"])
+    with pytest.raises(TypeError, match="config must be a jax_refine.RefineConfig or None, got dict"):
+        jax_refine.estimate((32, 40), tiny_model, config={"n_iters": 2})
+    with pytest.raises(TypeError, match="config must be a jax_refine.RefineConfig or None, got dict"):
+        jax_refine.inpaint_files(tmp_path, tmp_path / "out", config={"n_iters": 2})
+    result = jax_refine.inpaint(image, hole, tiny_model, config=RefineConfig(n_iters=2, min_side=16), progress=False)
+    assert result.shape == image.shape  # the right types still work
+
+
+# ------------------------------------------------------------------------------ output inside input (item 10)
+
+def test_an_output_folder_inside_the_input_folder_is_left_out_and_said(tmp_path, tiny_checkpoint, photo, capsys):
+    data = tmp_path / "data"
+    (data / "out").mkdir(parents=True)
+    for folder in (data, data / "out"):  # the output folder holds a pair too (e.g. an earlier run's)
+        photo[0].save(folder / "a.png")
+        mask_image(photo[1]).save(folder / "a_mask.png")
+    assert cli.main(["inpaint", str(data), "-o", str(data / "out"), "--model", str(tiny_checkpoint),
+                     "--no-refine", "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 done, 0 failed")
+    assert f"  left out {data / 'out'}: the output folder, inside the input folder" in out
+    summary = jax_refine.inpaint_files(data, data / "out", model=tiny_checkpoint, method="plain", overwrite=True)
+    assert (summary.done, summary.left_out) == (1, [str(data / "out")])
