@@ -119,8 +119,8 @@ class Passes:
 
     def serial(self):
         for batch in self.batches:
-            for item, image, result, _, _ in self.runner.compute(self.opened(batch)):
-                self.files.save_atomic(result, item.output, image.info.get("icc_profile"))
+            for item, result, _, _ in self.runner.compute(self.opened(batch)):
+                self.files.save_atomic(result, item.output, item.image)
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import images
+from . import colour16, images
 
 try:
     import fcntl
@@ -332,12 +332,59 @@ def _open_regular(path: Path):
 
 
 def open_image(path: Path, what: str = "image"):
-    """A fully read PIL image; any problem raises ItemError naming the file."""
+    """A fully read PIL image, or for a 16-bit colour file (RGB, RGBA: PNG, TIFF; grey +
+    alpha: PNG), which PIL's modes hold at 8 bits only, uint16 values (H, W, C) with EXIF
+    orientation applied (see `colour16`); any problem raises ItemError naming the file."""
     from PIL import Image
 
-    with _reading(path, what), _open_regular(path) as file, Image.open(file) as image:
-        image.load()
-    return image
+    with _reading(path, what), _open_regular(path) as file:
+        with Image.open(file) as image:
+            deep = colour16.deep_tiles(image)
+            image.load()
+        if deep is None:
+            return image
+        file.seek(0)
+        with Image.open(file) as second:
+            second.tile = deep[0]
+            second.load()
+        return colour16.combine(images.upright(image), images.upright(second), deep[1])
+
+
+# Formats whose files may be lossy: JPEG always, WebP unless its bitstream is VP8L, TIFF with
+# JPEG compression.
+_LOSSY_FORMATS = ("JPEG", "MPO", "JPEG2000")
+
+
+def stored_as(path: Path | None) -> tuple[bytes | None, bool]:
+    """(ICC profile or None, whether the format stores it losslessly) of the image file at
+    `path`, from its header; (None, True) for None or a file that cannot be read any more."""
+    from PIL import Image
+
+    if path is None:
+        return None, True
+    try:
+        with _open_regular(path) as file, Image.open(file) as image:
+            lossy = (image.format in _LOSSY_FORMATS or (image.format == "WEBP" and not _webp_lossless(file))
+                     or image.info.get("compression") in ("jpeg", "tiff_jpeg"))
+            return image.info.get("icc_profile"), not lossy
+    except Exception:  # noqa: BLE001 - gone or changed since it was read: nothing to keep
+        return None, True
+
+
+def _webp_lossless(file) -> bool:
+    """Whether a WebP file's (first frame's) bitstream is lossless (a VP8L chunk)."""
+    file.seek(12)
+    while True:
+        head = file.read(8)
+        if len(head) < 8:
+            return False
+        kind, size = head[:4], int.from_bytes(head[4:], "little")
+        if kind in (b"VP8L", b"VP8 "):
+            return kind == b"VP8L"
+        if kind == b"ANMF":  # a frame: its 16-byte header, then its own chunks
+            file.seek(16, os.SEEK_CUR)
+            continue
+        file.seek(size + size % 2, os.SEEK_CUR)
 
 
 def upright_size(path: Path) -> tuple[int, int]:
@@ -365,7 +412,7 @@ def output_complete(path: Path, size: tuple[int, int]) -> bool:
         image = open_image(path)
     except (OSError, ItemError):
         return False
-    return (image.height, image.width) == tuple(size)
+    return (np.shape(image)[:2] if isinstance(image, np.ndarray) else (image.height, image.width)) == tuple(size)
 
 
 # --------------------------------------------------------------------------------------
@@ -513,17 +560,46 @@ def _take_if_abandoned(path) -> bool:
         os.close(fd)
 
 
-def save_atomic(image, path: Path, icc_profile: bytes | None = None) -> None:
-    """Write a PIL image to `path` (format from the extension, in a mode it can store, see
-    `encodable`) atomically; the input's ICC profile is kept where it fits the mode written."""
+def save_atomic(image, path: Path, source: Path | None = None) -> list[str]:
+    """Write a PIL image or 16-bit colour values (`open_image`) to `path` atomically, format
+    from the extension, in a mode it can store (`encodable`; 16-bit colour as 16-bit PNG or
+    TIFF, 8-bit elsewhere). What the input file `source` stores is kept where the format can:
+    its ICC profile where it fits the mode written, losslessness (WebP is written lossless
+    when the input is lossless). Returns a warning for each thing the output cannot keep
+    (bit depth, alpha, losslessness)."""
+    from PIL import Image
+
     fmt = output_format(path)
-    image = encodable(image, fmt)
+    icc_profile, lossless = stored_as(source)
+    warnings = []
+    if isinstance(image, np.ndarray):
+        if fmt in colour16.WRITERS:
+            data = colour16.WRITERS[fmt](image, icc_profile)
+            write_atomic(path, lambda f: f.write(data))
+            return warnings
+        warnings.append(f"{fmt} stores 8 bits per channel: the 16-bit image is written at 8 bits")
+        image = Image.fromarray(np.rint(image / 257.0).astype(np.uint8))
+    written = encodable(image, fmt)
+    if _BITS.get(written.mode, 8) < _BITS.get(image.mode, 8) or image.mode == "F" != written.mode:
+        warnings.append(f"{fmt} cannot store {_DEPTHS[image.mode]} images: written at "
+                        f"{_BITS.get(written.mode, 8)} bits")
+    if "A" in image.getbands() and "A" not in written.getbands():
+        warnings.append(f"{fmt} cannot store transparency: the alpha channel is dropped")
+    lossless_webp = fmt == "WEBP" and lossless
+    if lossless and fmt in _LOSSY_FORMATS:
+        warnings.append(f"{fmt} is lossy: the known pixels of the lossless input are not kept exactly")
     # PNG at zlib level 1, as LaMa's cv2.imwrite writes it: half the time of PIL's level 6
     # for ~10 % larger files (the encoder is the largest part of writing a result)
-    params = {"quality": 95} if fmt in ("JPEG", "WEBP") else {"compress_level": 1} if fmt == "PNG" else {}
-    if icc_profile and _icc_fits(icc_profile, image.mode):
+    params = ({"lossless": True} if lossless_webp else {"quality": 95} if fmt in ("JPEG", "WEBP")
+              else {"compress_level": 1} if fmt == "PNG" else {})
+    if icc_profile and _icc_fits(icc_profile, written.mode):
         params["icc_profile"] = icc_profile
-    write_atomic(path, lambda f: image.save(f, format=fmt, **params))
+    write_atomic(path, lambda f: written.save(f, format=fmt, **params))
+    return warnings
+
+
+_BITS = {"F": 32, "I": 16, "I;16": 16}  # bits of a channel's values (mode I holds 0..65535, `images`); else 8
+_DEPTHS = {"F": "floating-point", "I": "16-bit", "I;16": "16-bit"}
 
 
 # `write_atomic`'s temporary files: "." + partial_stem(output name) + "." + 16 random hex digits

@@ -473,7 +473,7 @@ class _Runner:
         return item, image, mask
 
     def compute(self, opened: list[tuple]) -> list[tuple]:
-        """Inpaint opened items together; (item, image, result, info, seconds) of each that
+        """Inpaint opened items together; (item, result, info, seconds) of each that
         succeeded. A batch that fails is retried image by image, so one bad image fails alone."""
         if not opened:
             return []
@@ -491,7 +491,7 @@ class _Runner:
             return [done for done in (self._one(*x) for x in opened) if done is not None]
         self.reporter.computed()
         seconds = (time.perf_counter() - start) / len(opened)
-        return [(item, image, result, info, seconds) for (item, image, _), result, info in zip(opened, results, infos)]
+        return [(item, result, info, seconds) for (item, _, _), result, info in zip(opened, results, infos)]
 
     def _one(self, item: Item, image, mask):
         start = time.perf_counter()
@@ -508,12 +508,12 @@ class _Runner:
             return None
         finally:
             self.reporter.computed()
-        return item, image, result, info, time.perf_counter() - start
+        return item, result, info, time.perf_counter() - start
 
-    def write(self, item: Item, image, result, info, seconds: float) -> None:
+    def write(self, item: Item, result, info, seconds: float) -> None:
         """Write one result atomically (and its report plot), and report it."""
         try:
-            save_atomic(result, item.output, image.info.get("icc_profile"))
+            kept = save_atomic(result, item.output, item.image)
         except UsageError as e:  # no writer for this extension (--keep-ext)
             self.reporter.failed(item.output, str(e).split(": ", 1)[-1])
             return
@@ -524,6 +524,8 @@ class _Runner:
             self.reporter.failed(item.output, f"cannot write: {e}")
             return
         self.reporter.succeeded(item, seconds)
+        for message in kept:  # what the output's format cannot keep of the input
+            self.reporter.warned(item.output, message)
         if info.hole_fraction > MAX_HOLE_FRACTION:
             self.reporter.warned(item.name, f"the hole covers {100 * info.hole_fraction:.1f} % of the image "
                                  "(LaMa fills holes of up to about half the image): is the mask inverted, "

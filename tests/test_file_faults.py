@@ -6,8 +6,10 @@ import errno
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +259,98 @@ def test_an_output_folder_inside_the_input_folder_is_left_out_and_said(tmp_path,
     assert f"  left out {data / 'out'}: the output folder, inside the input folder" in out
     summary = jax_refine.inpaint_files(data, data / "out", model=tiny_checkpoint, method="plain", overwrite=True)
     assert (summary.done, summary.left_out) == (1, [str(data / "out")])
+
+
+# ------------------------------------------------------------------------------ 16-bit colour, lossless WebP (item 8)
+
+def png16(values, exif=None):
+    """A 16-bit PNG of uint16 (H, W, C) values, as other writers make them: each row with
+    another of the five filters (None, Sub, Up, Average, Paeth); optionally an eXIf chunk."""
+    h, w, c = values.shape
+    bpp = 2 * c
+    raw = values.astype(">u2").reshape(h, w * c).view(np.uint8).astype(np.int32)
+    left = np.pad(raw, ((0, 0), (bpp, 0)))[:, :-bpp]
+    up = np.pad(raw, ((1, 0), (0, 0)))[:-1]
+    upleft = np.pad(left, ((1, 0), (0, 0)))[:-1]
+    p = left + up - upleft
+    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upleft)
+    paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upleft))
+    predictors = [np.zeros_like(raw), left, up, (left + up) // 2, paeth]
+    rows = b"".join(bytes([y % 5]) + ((raw[y] - predictors[y % 5][y]) % 256).astype(np.uint8).tobytes()
+                    for y in range(h))
+    chunk = files.colour16._chunk
+    colour_type = {2: 4, 3: 2, 4: 6}[c]
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+            + (chunk(b"eXIf", exif) if exif else b"") + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def deep(photo, channels):
+    """uint16 values with every low byte in use: the photo * 257 + noise; alpha a ramp."""
+    rgb = np.asarray(photo[0]).astype(np.uint16) * 257 + np.random.default_rng(1).integers(0, 256, (32, 40, 3)).astype(np.uint16)
+    alpha = np.linspace(1000, 65535, 32 * 40).reshape(32, 40, 1).astype(np.uint16)
+    return {3: rgb, 4: np.concatenate([rgb, alpha], -1), 2: np.concatenate([rgb[..., :1], alpha], -1)}[channels]
+
+
+@pytest.mark.parametrize("channels", [3, 4, 2])
+def test_16_bit_colour_files_are_read_bit_exactly(tmp_path, photo, channels):
+    values = deep(photo, channels)
+    (tmp_path / "a.png").write_bytes(png16(values))
+    np.testing.assert_array_equal(files.open_image(tmp_path / "a.png"), values)
+    (tmp_path / "b.png").write_bytes(files.colour16.png(values))
+    np.testing.assert_array_equal(files.open_image(tmp_path / "b.png"), values)
+    with Image.open(tmp_path / "b.png") as independent:  # PIL's own decoder: the high bytes
+        assert np.array_equal(np.asarray(independent)[..., :channels] if channels > 2 else
+                              np.asarray(independent)[..., [0, 3]], values >> 8)
+    if channels > 2:
+        (tmp_path / "c.tif").write_bytes(files.colour16.tiff(values))
+        np.testing.assert_array_equal(files.open_image(tmp_path / "c.tif"), values)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: shown turned 90 degrees clockwise
+    (tmp_path / "d.png").write_bytes(png16(values, exif.tobytes()))
+    np.testing.assert_array_equal(files.open_image(tmp_path / "d.png"), np.rot90(values, -1))
+    assert files.upright_size(tmp_path / "d.png") == (40, 32)
+
+
+def test_16_bit_colour_comes_back_at_16_bits_or_with_one_warning(tmp_path, tiny_checkpoint, photo, capsys):
+    images, masks, out = tmp_path / "images", tmp_path / "masks", tmp_path / "out"
+    images.mkdir()
+    masks.mkdir()
+    values = deep(photo, 3)
+    (images / "p.png").write_bytes(png16(values))
+    (images / "t.tif").write_bytes(files.colour16.tiff(deep(photo, 4)))
+    for stem in ("p", "t"):
+        mask_image(photo[1]).save(masks / f"{stem}.png")
+    assert cli.main(["inpaint", str(images), str(masks), "-o", str(out), "--model", str(tiny_checkpoint),
+                     "--no-refine", "--keep-ext"]) == 0
+    known = ~photo[1]
+    for name, expected in (("p.png", values), ("t.tif", deep(photo, 4))):
+        result = files.open_image(out / name)
+        assert result.dtype == np.uint16 and result.shape == expected.shape
+        np.testing.assert_array_equal(result[known], expected[known])
+        assert np.any(result[photo[1]] % 257)  # the fill uses all 16 bits, not 8 scaled
+    assert "warning" not in capsys.readouterr().err
+    assert cli.main(["inpaint", str(images / "p.png"), str(masks / "p.png"), "-o", str(tmp_path / "p.jpg"),
+                     "--model", str(tiny_checkpoint), "--no-refine"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 2, err
+    assert f"warning: {tmp_path / 'p.jpg'}: JPEG stores 8 bits per channel: the 16-bit image is written at 8 bits" in err
+    assert "JPEG is lossy: the known pixels of the lossless input are not kept exactly" in err
+
+
+def test_lossless_webp_stays_lossless_and_lossy_stays_quiet(tmp_path, tiny_checkpoint, photo, capsys):
+    images, masks, out = tmp_path / "images", tmp_path / "masks", tmp_path / "out"
+    images.mkdir()
+    masks.mkdir()
+    photo[0].save(images / "lossless.webp", lossless=True)
+    photo[0].save(images / "lossy.webp", quality=80)
+    for stem in ("lossless", "lossy"):
+        mask_image(photo[1]).save(masks / f"{stem}.png")
+    assert files.stored_as(images / "lossless.webp") == (None, True)
+    assert files.stored_as(images / "lossy.webp") == (None, False)
+    assert cli.main(["inpaint", str(images), str(masks), "-o", str(out), "--model", str(tiny_checkpoint),
+                     "--no-refine", "--keep-ext"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert files.stored_as(out / "lossless.webp")[1] and not files.stored_as(out / "lossy.webp")[1]
+    known = ~photo[1]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "lossless.webp").convert("RGB"))[known],
+                                  np.asarray(photo[0])[known])
