@@ -12,7 +12,9 @@ Promises: no input is ever written; a malformed or unreadable image, mask or fol
 that are not UTF-8, newlines, leading dashes, 255 bytes; `printable` shows them); outputs are
 written atomically (a locked temporary file `.<name>.<random>.partial` beside the output,
 fsynced, then renamed), and a later run removes the temporary files that writers which are
-gone left for the outputs it writes, never a live writer's.
+gone left for the outputs it writes, never a live writer's. 16-bit colour files are read and
+written at 16 bits (`colour16`); what an output's format cannot keep of its input (depth,
+alpha, losslessness) is said in a warning (`save_atomic`).
 """
 
 from __future__ import annotations
@@ -530,9 +532,10 @@ def _same_file(fd: int, path) -> bool:
 
 def _hold(fd: int, path) -> bool:
     """Lock the open file `fd` (waiting while a cleaner looks at it); whether `path` is still
-    that file."""
+    that file. Where the file system has no locks, cleaners cannot lock it either, and keep it."""
     if fcntl is not None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
     return _same_file(fd, path)
 
 
@@ -548,7 +551,7 @@ def _take_if_abandoned(path) -> bool:
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # a live writer holds it
+            except OSError:  # a live writer holds it (or the file system has no locks: keep it)
                 return False
         if not stat.S_ISREG(os.fstat(fd).st_mode) or not _same_file(fd, path):
             return False

@@ -15,8 +15,10 @@ One code path for every case (`jax-refine inpaint` and `inpaint_files`):
    behind, so at most PREFETCH + WRITE_BEHIND + 2 batches are in memory;
 5. each process reports its own items (progress lines, and when distributed a report file
    OUTDIR/.jax-refine/process-I-of-N.json); the processes exchange counts and failures
-   through jax.distributed's key-value store, so every process returns the whole job's
-   `JobSummary`, which process 0 prints.
+   through jax.distributed's key-value store (under keys named by `job_id`), so every
+   process returns the whole job's `JobSummary`, which process 0 prints.
+Ctrl-C and SIGTERM (`Terminated`, raised by the CLI's handler) stop a job after the writes in
+progress: `JobInterrupted` carries the summary so far.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ IO_THREADS = max(1, min(8, os.cpu_count() or 1))
 REPORT_PLOT_SUFFIX = ".report.png"
 START_TIMEOUT_S = 1800  # every process must have planned the job within this time of the first
 _POLL_MS = 10_000  # waiting for other processes: how often to look whether one of them stopped
-_JOB_NUMBERS = itertools.count()  # the n-th distributed job of every process is the same job
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,12 +252,22 @@ def _fingerprint(items: list[Item], sizes, batches) -> str:
     return digest.hexdigest()
 
 
+def job_id(settings: JobSettings, output) -> str:
+    """What names a job in the processes' key-value store, the same on every host that runs
+    the same command: a digest of its settings and its output (folder), even where the hosts
+    see different input files (so that they can find out)."""
+    return hashlib.sha256(f"{settings!r}\0{output}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
 class _Group:
     """This process's place in a job: its index, the process count and, with several
     processes, the coordination service's key-value store of jax.distributed (through which
-    the processes compare their plans and share their summaries)."""
+    the processes compare their plans and share their summaries). The keys of a job are
+    `jax_refine/<job_id>/<n>/`, n counting this process's runs of that job in the store itself,
+    so the n-th run of a job on one host meets the n-th run of it on the others, whatever
+    other jobs each host ran."""
 
-    def __init__(self, distributed: bool):
+    def __init__(self, distributed: bool, job: str):
         import jax
 
         self.index, self.count = (jax.process_index(), jax.process_count()) if distributed else (0, 1)
@@ -265,7 +276,8 @@ class _Group:
             from jax._src import distributed as jax_distributed  # no public API for the store in jax 0.10
 
             self.client = jax_distributed.global_state.client
-            self.prefix = f"jax_refine/job{next(_JOB_NUMBERS)}/"
+            run = self.client.key_value_increment(f"jax_refine/{job}/runs/{self.index}", 1)
+            self.prefix = f"jax_refine/{job}/{run}/"
 
     def _all(self, name: str, value: str, timeout_s: float | None = None) -> list[str]:
         """`value` of every process for `name`, in process order; waits for all of them (at
@@ -336,7 +348,8 @@ def run_items(items: list[Item], model, settings: JobSettings, *, shared_mask: P
             mask_image = open_image(shared_mask, "mask")
         except ItemError as e:
             raise UsageError(str(e)) from None
-    group = _Group(distributed)
+    output = report_folder if report_folder is not None or not items else items[0].output
+    group = _Group(distributed, job_id(settings, output))
     try:
         own = _run_share(items, model, settings, mask_image, group, start, verbose, report_folder, outer_bar,
                          distributed, left_out)
