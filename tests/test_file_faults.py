@@ -3,15 +3,17 @@ allows, two jobs in one folder, full disks, SIGINT / SIGTERM at the instant a te
 exists, API arguments checked at the boundary, an output folder inside the input folder."""
 
 import errno
+import io
 import json
 import os
 import signal
 import struct
-import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -21,9 +23,6 @@ from jax_refine import cli, files, jobs
 from jax_refine.plan import RefineConfig
 
 from conftest import load_golden_image
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def photo():
@@ -37,12 +36,6 @@ def mask_image(hole):
 
 def entries(folder) -> list[bytes]:
     return sorted(os.listdir(os.fsencode(folder)))
-
-
-def run_cli(*argv, **env):
-    """`jax-refine` in a child process, its output decoded as an ASCII terminal would."""
-    return subprocess.run([sys.executable, "-m", "jax_refine", *map(os.fsdecode, argv)], capture_output=True,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), **env), timeout=300)
 
 
 # ------------------------------------------------------------------------------ names (item 1)
@@ -66,28 +59,41 @@ def test_temporary_names_fit_and_stale_ones_are_found(tmp_path, stem):
     assert files.remove_stale_partials([output]) == [abandoned] and other.exists()
 
 
-def test_any_name_works_end_to_end_on_an_ascii_terminal(tmp_path, tiny_checkpoint, photo):
+def test_outputs_honour_the_umask_without_changing_it(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        files.write_atomic(tmp_path / "a.png", lambda f: f.write(b"x"))
+        assert os.umask(0o027) == 0o027  # nobody changed it meanwhile
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == 0o640
+
+
+def test_any_name_works_end_to_end_on_an_ascii_terminal(tmp_path, tiny_checkpoint, photo, monkeypatch):
     """Invalid UTF-8, a newline, a leading dash and 255 bytes: discovery, the job, the
-    per-item lines, the summary and the report, with PYTHONIOENCODING=ascii and LANG=C."""
+    per-item lines, the summary and the report, printed to an ASCII terminal."""
     images, masks, out = tmp_path / "images", tmp_path / "masks", tmp_path / "out"
     images.mkdir()
     masks.mkdir()
-    stems = [LATIN_1, "two\nlines", "-dash", LONG]
+    stems = [LATIN_1, "two\nlines", "-dash", LONG, "naïve"]  # the last is UTF-8, but not ASCII
     for stem in stems:
         photo[0].save(images / f"{stem}.png")
         mask_image(photo[1]).save(masks / f"{stem}.png")
     bad = os.fsdecode(b"bad\xff\n\x1b[31m")
     (images / f"{bad}.png").write_bytes(b"not a png")
     mask_image(photo[1]).save(masks / f"{bad}.png")
-    done = run_cli("inpaint", images, masks, "-o", out, "--model", tiny_checkpoint, "--no-refine", "--report",
-                   PYTHONIOENCODING="ascii", LANG="C", LC_ALL="C")
-    stdout, stderr = done.stdout.decode("ascii"), done.stderr.decode("ascii")  # nothing but ASCII
-    assert done.returncode == 1 and "Traceback" not in stderr, stderr
+    streams = {name: io.TextIOWrapper(io.BytesIO(), encoding="ascii") for name in ("stdout", "stderr")}
+    for name, stream in streams.items():  # a terminal of PYTHONIOENCODING=ascii: strict ASCII
+        monkeypatch.setattr(sys, name, stream)
+    status = cli.main(["inpaint", str(images), str(masks), "-o", str(out), "--model", str(tiny_checkpoint),
+                       "--no-refine", "--report"])
+    stdout, stderr = (stream.detach().getvalue().decode("ascii") for stream in streams.values())
+    assert status == 1 and "Traceback" not in stderr, stderr
     assert entries(out) == sorted(os.fsencode(f"{stem}.png") for stem in stems)
     alone = np.asarray(jax_refine.inpaint(photo[0], photo[1], tiny_checkpoint, method="plain"))
     for stem in stems:
         np.testing.assert_array_equal(np.asarray(Image.open(out / f"{stem}.png")), alone)
-    assert "4 done, 1 failed" in stdout
+    assert "5 done, 1 failed" in stdout and f"{out}/na\\xefve.png: plain" in stdout
     shown_bad = files.printable(images / f"{bad}.png")
     assert shown_bad.endswith("bad\\xff\\n\\x1b[31m.png")
     assert f"  {shown_bad}: cannot read image: not an image file" in stdout
@@ -183,37 +189,37 @@ def test_a_signal_at_the_instant_a_temporary_file_exists_leaves_nothing(tmp_path
     assert os.listdir(tmp_path) == []
 
 
-_SIGTERM_WHILE_WRITING = """
-import os, signal, sys, threading
-from jax_refine import cli, files
-hold, raise_terminated, handled = files._hold, cli._raise_terminated, threading.Event()
-def handler(*args):
-    handled.set()
-    raise_terminated(*args)
-def hold_then_sigterm(*args):  # on a writer thread: the first output's temporary file exists
-    if not handled.is_set():
-        os.kill(os.getpid(), signal.SIGTERM)
-        handled.wait(60)  # the main thread stops the job while this write is in progress
-    return hold(*args)
-cli._raise_terminated, files._hold = handler, hold_then_sigterm
-sys.exit(cli.main(sys.argv[1:]))
-"""
-
-
-def test_sigterm_finishes_the_writes_prints_the_summary_and_exits_143(tmp_path, tiny_checkpoint, photo):
+def test_sigterm_finishes_the_writes_prints_the_summary_and_exits_143(tmp_path, tiny_checkpoint, photo, capsys,
+                                                                        monkeypatch):
+    """SIGTERM arrives while the first output is written (on a writer thread, which waits
+    until the main thread has acted on it): the job stops, that write finishes."""
     data, out = tmp_path / "data", tmp_path / "out"
     data.mkdir()
     for name in ("a", "b", "c"):
         photo[0].save(data / f"{name}.png")
         mask_image(photo[1]).save(data / f"{name}_mask.png")
-    done = subprocess.run([sys.executable, "-c", _SIGTERM_WHILE_WRITING, "inpaint", str(data), "-o", str(out),
-                           "--model", str(tiny_checkpoint), "--no-refine"], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
-    assert done.returncode == cli.EXIT_TERMINATED == 143, done.stderr
-    assert done.stderr.endswith("terminated (SIGTERM)\n") and "Traceback" not in done.stderr
+    hold, raise_terminated, handled = files._hold, cli._raise_terminated, threading.Event()
+
+    def handler(*args):
+        handled.set()
+        raise_terminated(*args)
+
+    def hold_then_sigterm(*args):
+        if not handled.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert handled.wait(60)
+        return hold(*args)
+
+    monkeypatch.setattr(cli, "_raise_terminated", handler)
+    monkeypatch.setattr(files, "_hold", hold_then_sigterm)
+    status = cli.main(["inpaint", str(data), "-o", str(out), "--model", str(tiny_checkpoint), "--no-refine"])
+    assert signal.getsignal(signal.SIGTERM) is not handler  # restored
+    stdout, stderr = capsys.readouterr()
+    assert status == cli.EXIT_TERMINATED == 143, stderr
+    assert stderr.endswith("terminated (SIGTERM)\n") and "Traceback" not in stderr
     written = entries(out)  # the writes in progress finished (the first one at least), no temporary file
     assert 1 <= len(written) and all(name.endswith(b"_mask.png") for name in written)
-    assert done.stdout.startswith(f"{len(written)} done, 0 failed")
+    assert stdout.startswith(f"{len(written)} done, 0 failed")
     assert all(files.output_complete(out / os.fsdecode(name), (32, 40)) for name in written)
 
 
@@ -240,8 +246,9 @@ def test_api_arguments_are_checked_at_the_boundary(tiny_model, photo, tmp_path):
         jax_refine.estimate((32, 40), tiny_model, config={"n_iters": 2})
     with pytest.raises(TypeError, match="config must be a jax_refine.RefineConfig or None, got dict"):
         jax_refine.inpaint_files(tmp_path, tmp_path / "out", config={"n_iters": 2})
-    result = jax_refine.inpaint(image, hole, tiny_model, config=RefineConfig(n_iters=2, min_side=16), progress=False)
-    assert result.shape == image.shape  # the right types still work
+    result = jax_refine.inpaint(image, hole, tiny_model, method="plain", config=RefineConfig(), progress=False,
+                                devices=jax.devices()[:1])
+    assert result.shape == image.shape  # the right types pass
 
 
 # ------------------------------------------------------------------------------ output inside input (item 10)
