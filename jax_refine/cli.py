@@ -89,7 +89,9 @@ that is not fully opaque everywhere (strokes on a transparent layer) is read by 
 instead. A value above --mask-threshold (default 0, LaMa's rule: any nonzero pixel) is a
 hole; a hole over half the image is warned about. The outputs keep every known pixel
 (exactly, with lossless formats), in the input's mode where the format can store it
-(16-bit grey as 16-bit PNG, float TIFF as float TIFF, or as 16-bit PNG).
+(16-bit grey and colour as 16-bit PNG or TIFF, float TIFF as float TIFF, or as 16-bit PNG,
+lossless WebP as lossless WebP); one warning per item says what its output's format cannot
+keep (JPEG: 8 bits, no alpha, lossy).
 
 A bad item (unreadable image, size mismatch, missing image or mask, symlink loop, FIFO,
 existing output) is reported and skipped. Resume an interrupted run with --skip-existing:
