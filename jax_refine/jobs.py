@@ -166,7 +166,10 @@ def inpaint_files(source, output, mask=None, *, model=None, method: str = "refin
       verbose: progress and per-item lines on stderr (bars on a terminal).
 
     Returns the `JobSummary` of the whole job (every process gets the same counts). Raises
-    UsageError for arguments that make no job; a bad item fails alone (summary.failures).
+    UsageError for arguments that make no job, TypeError for a config that is not a
+    RefineConfig; a bad item fails alone (summary.failures). Ctrl-C once the items began
+    raises `JobInterrupted` (a KeyboardInterrupt) with the summary so far, after the writes in
+    progress finished.
     """
     check_arguments(config=config)
     if distributed:
