@@ -2,7 +2,7 @@
 
 PIL decodes 16-bit RGB and RGBA PNG and TIFF files (48 and 64 bits per pixel) and 16-bit grey +
 alpha PNG into 8-bit modes, keeping each sample's high byte. Reading here uses PIL's own
-decoders (every compression, filter and interlacing PIL reads), with the raw mode of the
+decoders (every compression, PNG filter and interlacing PIL reads), with the raw mode of the
 decode swapped: the same tiles unpacked with the other byte order give each sample's low byte
 (16-bit grey + alpha decodes as 8-bit RGBA, one byte per channel: both bytes at once). Writing
 16-bit RGB / RGBA / grey + alpha is a plain PNG (filter Sub, zlib) or TIFF (Adobe Deflate) of
@@ -43,7 +43,8 @@ def deep_tiles(image) -> tuple[list, bool] | None:
         return [_with_rawmode(tile, _BOTH_BYTES[mode]) for tile, mode in zip(image.tile, rawmodes)], True
     suffixes = [mode[len(image.mode):] if mode and mode.startswith(image.mode + ";") else None for mode in rawmodes]
     if all(suffix in _LOW_BYTES for suffix in suffixes):
-        return [_with_rawmode(tile, image.mode + _LOW_BYTES[suffix]) for tile, suffix in zip(image.tile, suffixes)], False
+        tiles = [_with_rawmode(tile, image.mode + _LOW_BYTES[suffix]) for tile, suffix in zip(image.tile, suffixes)]
+        return tiles, False
     return None
 
 

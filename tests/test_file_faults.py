@@ -291,9 +291,21 @@ def png16(values, exif=None):
             + (chunk(b"eXIf", exif) if exif else b"") + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
+def png16_interlaced(values):
+    """A 16-bit RGB PNG of uint16 (H, W, 3) values, Adam7-interlaced (filter None)."""
+    h, w, _ = values.shape
+    passes = [(0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1)]
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for top, left, dy, dx in passes
+                    for row in values[top::dy, left::dx] if row.size)
+    chunk = files.colour16._chunk
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 1))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
 def deep(photo, channels):
     """uint16 values with every low byte in use: the photo * 257 + noise; alpha a ramp."""
-    rgb = np.asarray(photo[0]).astype(np.uint16) * 257 + np.random.default_rng(1).integers(0, 256, (32, 40, 3)).astype(np.uint16)
+    noise = np.random.default_rng(1).integers(0, 256, (32, 40, 3)).astype(np.uint16)
+    rgb = np.asarray(photo[0]).astype(np.uint16) * 257 + noise
     alpha = np.linspace(1000, 65535, 32 * 40).reshape(32, 40, 1).astype(np.uint16)
     return {3: rgb, 4: np.concatenate([rgb, alpha], -1), 2: np.concatenate([rgb[..., :1], alpha], -1)}[channels]
 
@@ -311,6 +323,9 @@ def test_16_bit_colour_files_are_read_bit_exactly(tmp_path, photo, channels):
     if channels > 2:
         (tmp_path / "c.tif").write_bytes(files.colour16.tiff(values))
         np.testing.assert_array_equal(files.open_image(tmp_path / "c.tif"), values)
+    if channels == 3:
+        (tmp_path / "e.png").write_bytes(png16_interlaced(values[:13, :11]))
+        np.testing.assert_array_equal(files.open_image(tmp_path / "e.png"), values[:13, :11])
     exif = Image.Exif()
     exif[0x0112] = 6  # rotated: shown turned 90 degrees clockwise
     (tmp_path / "d.png").write_bytes(png16(values, exif.tobytes()))
@@ -340,7 +355,8 @@ def test_16_bit_colour_comes_back_at_16_bits_or_with_one_warning(tmp_path, tiny_
                      "--model", str(tiny_checkpoint), "--no-refine"]) == 0
     err = capsys.readouterr().err
     assert err.count("warning:") == 2, err
-    assert f"warning: {tmp_path / 'p.jpg'}: JPEG stores 8 bits per channel: the 16-bit image is written at 8 bits" in err
+    assert (f"warning: {tmp_path / 'p.jpg'}: JPEG stores 8 bits per channel: the 16-bit image is written at 8 bits"
+            in err)
     assert "JPEG is lossy: the known pixels of the lossless input are not kept exactly" in err
 
 
