@@ -5,7 +5,8 @@ alpha PNG into 8-bit modes, keeping each sample's high byte. Reading here uses P
 decoders (every compression, PNG filter and interlacing PIL reads), with the raw mode of the
 decode swapped: the same tiles unpacked with the other byte order give each sample's low byte
 (16-bit grey + alpha decodes as 8-bit RGBA, one byte per channel: both bytes at once). Writing
-16-bit RGB / RGBA / grey + alpha is a plain PNG (filter Sub, zlib) or TIFF (Adobe Deflate) of
+16-bit RGB / RGBA / grey + alpha is a plain PNG (filter Sub, zlib) or TIFF (Adobe Deflate; grey +
+alpha as RGBA) of
 the values, a few lines each (PIL cannot write them; no further dependency for this).
 """
 
@@ -86,8 +87,10 @@ _SHORT, _LONG, _UNDEFINED = 3, 4, 7
 
 def tiff(values: np.ndarray, icc_profile: bytes | None = None) -> bytes:
     """A 16-bit baseline TIFF (little-endian, one Adobe Deflate strip) of uint16 values
-    (H, W, 2 | 3 | 4): grey + alpha, RGB or RGBA (alpha unassociated); the ICC profile as
-    tag 34675."""
+    (H, W, 2 | 3 | 4): RGB or RGBA (alpha unassociated), grey + alpha as RGBA (PIL reads no
+    16-bit grey + alpha TIFF); the ICC profile as tag 34675."""
+    if values.shape[2] == 2:
+        values = values[..., [0, 0, 0, 1]]
     h, w, c = values.shape
     strip = zlib.compress(values.astype("<u2").tobytes(), 1)
     bits = struct.pack(f"<{c}H", *[16] * c)
@@ -96,10 +99,9 @@ def tiff(values: np.ndarray, icc_profile: bytes | None = None) -> bytes:
     icc_at = bits_at + len(bits)
     ifd_at = icc_at + len(icc) + (icc_at + len(icc)) % 2  # word-aligned
     entries = [(256, _LONG, 1, w), (257, _LONG, 1, h),
-               (258, _SHORT, c, bits_at if c > 2 else struct.unpack("<I", bits)[0]),
-               (259, _SHORT, 1, 8), (262, _SHORT, 1, 2 if c >= 3 else 1), (273, _LONG, 1, 8),
+               (258, _SHORT, c, bits_at), (259, _SHORT, 1, 8), (262, _SHORT, 1, 2), (273, _LONG, 1, 8),
                (277, _SHORT, 1, c), (278, _LONG, 1, h), (279, _LONG, 1, len(strip)), (284, _SHORT, 1, 1)]
-    if c in (2, 4):
+    if c == 4:
         entries.append((338, _SHORT, 1, 2))  # ExtraSamples: unassociated alpha
     if icc:
         entries.append((34675, _UNDEFINED, len(icc), icc_at))

@@ -384,7 +384,6 @@ def _run_share(items: list[Item], model, settings: JobSettings, mask_image, grou
             warnings.simplefilter("ignore", LargeHoleWarning)
             _Runner(settings, model, mask_image, reporter).run(mine)
     except KeyboardInterrupt as e:  # the pool finished the writes in progress (or they removed their files)
-        reporter.close()
         raise JobInterrupted(reporter.summary(time.perf_counter() - start, group.count, group.index, left_out),
                              isinstance(e, Terminated)) from None
     finally:
@@ -529,7 +528,7 @@ class _Runner:
     def write(self, item: Item, result, info, seconds: float) -> None:
         """Write one result atomically (and its report plot), and report it."""
         try:
-            kept = save_atomic(result, item.output, item.image)
+            lost = save_atomic(result, item.output, item.image)
         except UsageError as e:  # no writer for this extension (--keep-ext)
             self.reporter.failed(item.output, str(e).split(": ", 1)[-1])
             return
@@ -540,7 +539,7 @@ class _Runner:
             self.reporter.failed(item.output, f"cannot write: {e}")
             return
         self.reporter.succeeded(item, seconds)
-        for message in kept:  # what the output's format cannot keep of the input
+        for message in lost:  # what the output's format cannot keep of the input
             self.reporter.warned(item.output, message)
         if info.hole_fraction > MAX_HOLE_FRACTION:
             self.reporter.warned(item.name, f"the hole covers {100 * info.hole_fraction:.1f} % of the image "

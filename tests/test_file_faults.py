@@ -320,9 +320,13 @@ def test_16_bit_colour_files_are_read_bit_exactly(tmp_path, photo, channels):
     with Image.open(tmp_path / "b.png") as independent:  # PIL's own decoder: the high bytes
         assert np.array_equal(np.asarray(independent)[..., :channels] if channels > 2 else
                               np.asarray(independent)[..., [0, 3]], values >> 8)
-    if channels > 2:
-        (tmp_path / "c.tif").write_bytes(files.colour16.tiff(values))
-        np.testing.assert_array_equal(files.open_image(tmp_path / "c.tif"), values)
+    (tmp_path / "c.tif").write_bytes(files.colour16.tiff(values))  # grey + alpha as RGBA
+    np.testing.assert_array_equal(files.open_image(tmp_path / "c.tif"), values[..., [0, 0, 0, 1]] if channels == 2
+                                  else values)
+    profile = b"\0\0\2\0 an ICC profile's bytes"
+    for name, writer in files.colour16.WRITERS.items():  # the ICC profile, read by PIL
+        with Image.open(io.BytesIO(writer(values, profile))) as written:
+            assert (written.format, written.info["icc_profile"]) == (name, profile)
     if channels == 3:
         (tmp_path / "e.png").write_bytes(png16_interlaced(values[:13, :11]))
         np.testing.assert_array_equal(files.open_image(tmp_path / "e.png"), values[:13, :11])
