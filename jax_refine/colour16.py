@@ -5,9 +5,9 @@ alpha PNG into 8-bit modes, keeping each sample's high byte. Reading here uses P
 decoders (every compression, PNG filter and interlacing PIL reads), with the raw mode of the
 decode swapped: the same tiles unpacked with the other byte order give each sample's low byte
 (16-bit grey + alpha decodes as 8-bit RGBA, one byte per channel: both bytes at once). Writing
-16-bit RGB / RGBA / grey + alpha is a plain PNG (filter Sub, zlib) or TIFF (Adobe Deflate; grey +
-alpha as RGBA) of
-the values, a few lines each (PIL cannot write them; no further dependency for this).
+16-bit RGB / RGBA / grey + alpha is a plain PNG (filter Sub, zlib) or TIFF (Adobe Deflate; grey
++ alpha as RGBA) of the values, a few lines each (PIL cannot write them; no further dependency
+for this).
 """
 
 from __future__ import annotations
