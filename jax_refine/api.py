@@ -120,10 +120,11 @@ def estimate(image_size: tuple[int, int], model: Lama | str | os.PathLike | None
     return estimate_memory(model, int(h), int(w), batch=batch, multiscale=multiscale, config=_config(config, model))
 
 
-def check_arguments(*, config=None, progress=None, devices=None) -> None:
+def check_arguments(*, config=None, progress=None, devices=None) -> list | None:
     """The public functions' arguments checked at the boundary: config None or a
     RefineConfig, progress None, a bool or a callable, devices None or a non-empty sequence
-    of jax Devices (TypeError for a wrong type, ValueError for an empty sequence)."""
+    of jax Devices (TypeError for a wrong type, ValueError for an empty sequence). Returns
+    devices as a list (an iterator is read once), or None."""
     import jax
 
     if config is not None and not isinstance(config, RefineConfig):
@@ -141,6 +142,7 @@ def check_arguments(*, config=None, progress=None, devices=None) -> None:
         wrong = [type(d).__name__ for d in devices if not isinstance(d, jax.Device)]
         if wrong:
             raise TypeError(f"devices must be jax devices (jax.devices()), got {', '.join(sorted(set(wrong)))}")
+    return devices
 
 
 def _config(config: RefineConfig | None, model) -> RefineConfig:
@@ -224,7 +226,7 @@ def inpaint_with_info(image, mask, model: Lama | str | os.PathLike | None = None
                       crop_margin: int | None = None, devices=None,
                       mask_threshold: float = 0.0) -> tuple[object, InpaintInfo]:
     """`inpaint`, returning (result, `InpaintInfo`: per-scale sizes, iterations, losses, times)."""
-    check_arguments(config=config, progress=progress, devices=devices)
+    devices = check_arguments(config=config, progress=progress, devices=devices)
     multiscale = _multiscale(method)
     source = source_of(image)
     hole = hole_map(mask, source.rgb.shape[:2], mask_threshold)
@@ -277,7 +279,7 @@ def inpaint_batch_with_info(images, masks, model: Lama | str | os.PathLike | Non
     losses; the images of one run share its times)."""
     import jax
 
-    check_arguments(config=config, progress=progress, devices=devices)
+    devices = check_arguments(config=config, progress=progress, devices=devices)
     multiscale = _multiscale(method)
     images, masks = list(images), list(masks)
     if len(images) != len(masks):
