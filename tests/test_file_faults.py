@@ -100,6 +100,10 @@ def test_any_name_works_end_to_end_on_an_ascii_terminal(tmp_path, tiny_checkpoin
     assert f"failed: {shown_bad}: cannot read image" in stderr
     assert f"{out}/caf\\xe9.png: plain prediction" in stdout and f"{out}/two\\nlines.png: plain" in stdout
     assert stdout.count("\n") == len(stems) + 2  # one line per report, the headline, the failure
+    monkeypatch.chdir(images)  # a relative name with a leading dash, after "--"
+    assert cli.main(["inpaint", "--output=-single.png", "--model", str(tiny_checkpoint), "--no-refine", "-q", "--",
+                     "-dash.png", str(masks / "-dash.png")]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(images / "-single.png")), alone)
 
 
 def test_fingerprints_and_reports_of_any_name(tmp_path):
