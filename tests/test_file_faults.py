@@ -193,34 +193,43 @@ def test_a_signal_at_the_instant_a_temporary_file_exists_leaves_nothing(tmp_path
     assert os.listdir(tmp_path) == []
 
 
-def test_sigterm_finishes_the_writes_prints_the_summary_and_exits_143(tmp_path, tiny_checkpoint, photo, capsys,
-                                                                        monkeypatch):
-    """SIGTERM arrives while the first output is written (on a writer thread, which waits
+@pytest.mark.parametrize("signum, status, line", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                                   (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_finishes_the_writes_and_prints_the_summary(tmp_path, tiny_checkpoint, photo, capsys, monkeypatch,
+                                                            signum, status, line):
+    """The signal arrives while the first output is written (on a writer thread, which waits
     until the main thread has acted on it): the job stops, that write finishes."""
     data, out = tmp_path / "data", tmp_path / "out"
     data.mkdir()
     for name in ("a", "b", "c"):
         photo[0].save(data / f"{name}.png")
         mask_image(photo[1]).save(data / f"{name}_mask.png")
-    hold, raise_terminated, handled = files._hold, cli._raise_terminated, threading.Event()
+    hold, handled = files._hold, threading.Event()
 
-    def handler(*args):
-        handled.set()
-        raise_terminated(*args)
+    def handler(raise_stop):
+        def handle(*args):
+            handled.set()
+            raise_stop(*args)
+        return handle
 
-    def hold_then_sigterm(*args):
+    def hold_then_signal(*args):
         if not handled.is_set():
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
             assert handled.wait(60)
         return hold(*args)
 
-    monkeypatch.setattr(cli, "_raise_terminated", handler)
-    monkeypatch.setattr(files, "_hold", hold_then_sigterm)
-    status = cli.main(["inpaint", str(data), "-o", str(out), "--model", str(tiny_checkpoint), "--no-refine"])
-    assert signal.getsignal(signal.SIGTERM) is not handler  # restored
+    monkeypatch.setattr(files, "_hold", hold_then_signal)
+    monkeypatch.setattr(cli, "_raise_terminated", handler(cli._raise_terminated))
+    before = signal.getsignal(signal.SIGTERM)
+    previous = signal.signal(signal.SIGINT, handler(signal.default_int_handler))
+    try:
+        result = cli.main(["inpaint", str(data), "-o", str(out), "--model", str(tiny_checkpoint), "--no-refine"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
     stdout, stderr = capsys.readouterr()
-    assert status == cli.EXIT_TERMINATED == 143, stderr
-    assert stderr.endswith("terminated (SIGTERM)\n") and "Traceback" not in stderr
+    assert result == status, stderr
+    assert stderr.endswith(line + "\n") and "Traceback" not in stderr
     written = entries(out)  # the writes in progress finished (the first one at least), no temporary file
     assert 1 <= len(written) and all(name.endswith(b"_mask.png") for name in written)
     assert stdout.startswith(f"{len(written)} done, 0 failed")
