@@ -37,7 +37,7 @@ from . import colour16, images
 
 try:
     import fcntl
-except ImportError:  # Windows: no locks; every temporary file of our outputs is taken for abandoned
+except ImportError:  # Windows: no locks; temporary files are never taken for abandoned
     fcntl = None
 
 # Images read in IMAGEDIR modes (PIL reads more, but these are the usual photo formats).
@@ -513,8 +513,11 @@ def write_atomic(path: Path, write) -> None:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
-                os.replace(tmp, path)  # still locked: a cleaner never sees it unlocked
-                return
+                if fcntl is not None:
+                    os.replace(tmp, path)  # still locked: a cleaner never sees it unlocked
+            if fcntl is None:  # Windows renames no open file
+                os.replace(tmp, path)
+            return
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -541,18 +544,16 @@ def _hold(fd: int, path) -> bool:
 
 def _take_if_abandoned(path) -> bool:
     """Remove the temporary file `path` if no live writer holds its lock; whether it did.
-    Without file locks (Windows), every one is taken for abandoned."""
+    Without file locks (Windows) none is removed: it may be a live writer's."""
+    if fcntl is None:
+        return False
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
                      | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return False
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # a live writer holds it (or the file system has no locks: keep it)
-                return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: a live writer holds it (or no locks here)
         if not stat.S_ISREG(os.fstat(fd).st_mode) or not _same_file(fd, path):
             return False
         os.unlink(path)
