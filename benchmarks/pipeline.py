@@ -97,7 +97,7 @@ class Passes:
         self.model = default_model()
         config = RefineConfig(min_side=160, n_iters=5)
         self.settings = jobs.JobSettings(method=args.method, config=config, batch_size=args.batch_size, overwrite=True)
-        self.items, _, _ = files.find_items(source, None, out)
+        self.items = files.find_items(source, None, out).items
         sizes = {i: files.item_size(item) for i, item in enumerate(self.items)}
         self.batches = [[self.items[i] for i in batch]
                         for batch in jobs.plan_batches(self.items, sizes, self.settings, self.model)]
@@ -119,8 +119,8 @@ class Passes:
 
     def serial(self):
         for batch in self.batches:
-            for item, image, result, _, _ in self.runner.compute(self.opened(batch)):
-                self.files.save_atomic(result, item.output, image.info.get("icc_profile"))
+            for item, result, _, _ in self.runner.compute(self.opened(batch)):
+                self.files.save_atomic(result, item.output, item.image)
 
 
 def main() -> None:

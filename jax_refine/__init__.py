@@ -25,6 +25,7 @@ from .api import inpaint_with_info as inpaint_with_info
 from .api import load as load
 from .convert import convert as convert
 from .images import LargeHoleWarning as LargeHoleWarning
+from .jobs import JobInterrupted as JobInterrupted
 from .jobs import JobSummary as JobSummary
 from .jobs import inpaint_files as inpaint_files
 from .checkpoint import save as save
@@ -43,9 +44,8 @@ from .plan import RefineConfig as RefineConfig
 from .refine import ScaleInfo as ScaleInfo
 
 __all__ = [
-    "BIG_LAMA", "BIG_LAMA_REGULAR", "LAMA_REGULAR", "TINY_LAMA", "CheckpointError", "InpaintInfo", "JobSummary", "Lama",
-    "LamaConfig", "LargeHoleWarning", "MemoryEstimate", "Pix2PixHD", "Pix2PixHDConfig", "Progress", "RefineConfig",
-    "ScaleInfo", "UnsafePickleError", "convert", "default_model",
-    "enable_compilation_cache", "estimate", "inpaint", "inpaint_batch", "inpaint_batch_with_info", "inpaint_files",
-    "inpaint_with_info", "load", "save",
+    "BIG_LAMA", "BIG_LAMA_REGULAR", "LAMA_REGULAR", "TINY_LAMA", "CheckpointError", "InpaintInfo", "JobInterrupted",
+    "JobSummary", "Lama", "LamaConfig", "LargeHoleWarning", "MemoryEstimate", "Pix2PixHD", "Pix2PixHDConfig", "Progress",
+    "RefineConfig", "ScaleInfo", "UnsafePickleError", "convert", "default_model", "enable_compilation_cache", "estimate",
+    "inpaint", "inpaint_batch", "inpaint_batch_with_info", "inpaint_files", "inpaint_with_info", "load", "save",
 ]

@@ -119,11 +119,37 @@ def estimate(image_size: tuple[int, int], model: Lama | str | os.PathLike | None
     """Expected peak memory of `inpaint` on `batch` images of `image_size` (height, width) on the
     current backend, without running it (each scale's program is compiled; see MemoryEstimate).
     `print(estimate(...))` gives a one-line summary."""
+    check_arguments(config=config)
     h, w = image_size
     if min(h, w, batch) < 1:
         raise ValueError(f"image_size and batch must be positive, got {image_size} and {batch}")
     multiscale, model = _multiscale(method), resolve_model(model)
     return estimate_memory(model, int(h), int(w), batch=batch, multiscale=multiscale, config=_config(config, model))
+
+
+def check_arguments(*, config=None, progress=None, devices=None) -> list | None:
+    """The public functions' arguments checked at the boundary: config None or a
+    RefineConfig, progress None, a bool or a callable, devices None or a non-empty sequence
+    of jax Devices (TypeError for a wrong type, ValueError for an empty sequence). Returns
+    devices as a list (an iterator is read once), or None."""
+    import jax
+
+    if config is not None and not isinstance(config, RefineConfig):
+        raise TypeError(f"config must be a jax_refine.RefineConfig or None, got {type(config).__name__} "
+                        "(e.g. RefineConfig(n_iters=10), or dataclasses.replace(config, ...))")
+    if progress is not None and not isinstance(progress, bool) and not callable(progress):
+        raise TypeError(f"progress must be True, False, None or a callable taking Progress events, "
+                        f"got {type(progress).__name__}")
+    if devices is not None:
+        if isinstance(devices, (str, bytes, jax.Device)) or not hasattr(devices, "__iter__"):
+            raise TypeError(f"devices must be None or a sequence of jax devices, got {type(devices).__name__}")
+        devices = list(devices)
+        if not devices:
+            raise ValueError("devices is empty: pass None for the default device(s), or a list of jax devices")
+        wrong = [type(d).__name__ for d in devices if not isinstance(d, jax.Device)]
+        if wrong:
+            raise TypeError(f"devices must be jax devices (jax.devices()), got {', '.join(sorted(set(wrong)))}")
+    return devices
 
 
 def _config(config: RefineConfig | None, model) -> RefineConfig:
@@ -207,6 +233,7 @@ def inpaint_with_info(image, mask, model: Lama | str | os.PathLike | None = None
                       crop_margin: int | None = None, devices=None,
                       mask_threshold: float = 0.0) -> tuple[object, InpaintInfo]:
     """`inpaint`, returning (result, `InpaintInfo`: per-scale sizes, iterations, losses, times)."""
+    devices = check_arguments(config=config, progress=progress, devices=devices)
     multiscale = _multiscale(method)
     source = source_of(image)
     hole = hole_map(mask, source.rgb.shape[:2], mask_threshold)
@@ -259,6 +286,7 @@ def inpaint_batch_with_info(images, masks, model: Lama | str | os.PathLike | Non
     losses; the images of one run share its times)."""
     import jax
 
+    devices = check_arguments(config=config, progress=progress, devices=devices)
     multiscale = _multiscale(method)
     images, masks = list(images), list(masks)
     if len(images) != len(masks):

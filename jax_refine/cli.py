@@ -9,8 +9,10 @@
 
 Exit status: 0 when every item succeeded, 1 when some item failed (each is reported and
 skipped, the others proceed), 2 for usage errors (bad arguments or settings, unreadable
-model, an output that would overwrite an input). Outputs are written atomically (a temporary
-file beside the output, then renamed), so an interrupted run never leaves a partial image.
+model, an output that would overwrite an input), 130 after Ctrl-C (SIGINT), 143 after
+SIGTERM (both finish or remove the writes in progress and print the summary so far).
+Outputs are written atomically (a temporary file beside the output, then renamed), so an
+interrupted run never leaves a partial image. Names are printed with `files.printable`.
 The work itself (items, batches, the split over processes, the pipelined loader) is
 `jax_refine.jobs`; this module parses the command line.
 """
@@ -18,18 +20,21 @@ The work itself (items, batches, the split over processes, the pipelined loader)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
 from .api import enable_compilation_cache
-from .files import LAMA_IMAGE_SUFFIXES, ItemError, UsageError, find_items, item_size
-from .jobs import JobSettings, run_items, start_distributed
+from .files import LAMA_IMAGE_SUFFIXES, ItemError, UsageError, find_items, item_size, printable
+from .jobs import JobInterrupted, JobSettings, Terminated, run_items, start_distributed
 from .model import REMAT_POLICIES
 from .plan import COMPUTE_DTYPES, SCALE_SCHEDULES, RefineConfig, model_defaults
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 _REFINE_HELP = {
     "n_iters": "forward passes per refined scale (n_iters - 1 Adam steps)",
@@ -84,13 +89,16 @@ that is not fully opaque everywhere (strokes on a transparent layer) is read by 
 instead. A value above --mask-threshold (default 0, LaMa's rule: any nonzero pixel) is a
 hole; a hole over half the image is warned about. The outputs keep every known pixel
 (exactly, with lossless formats), in the input's mode where the format can store it
-(16-bit grey as 16-bit PNG, float TIFF as float TIFF, or as 16-bit PNG).
+(16-bit grey and colour as 16-bit PNG or TIFF, float TIFF as float TIFF, or as 16-bit PNG,
+lossless WebP as lossless WebP); one warning per item says what its output's format cannot
+keep (JPEG: 8 bits, no alpha, lossy).
 
 A bad item (unreadable image, size mismatch, missing image or mask, symlink loop, FIFO,
 existing output) is reported and skipped. Resume an interrupted run with --skip-existing:
 complete outputs are kept (a file is complete when it decodes to the end at its size), the
 temporary files the interrupted run left are removed. Exit status: 0 all done, 1 some item
-failed, 2 usage error.
+failed, 2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM: like Ctrl-C, the
+writes in progress are finished or removed and the summary so far is printed).
 
 --distributed (TPU pods, GPU clusters): start the same command on every host; each process
 inpaints its share (whole batches, balanced by pixels) on its local devices and writes
@@ -266,7 +274,8 @@ def run_inpaint(args) -> int:
             raise UsageError("--report-plot needs matplotlib (pip install matplotlib)") from None
     if args.distributed:  # before anything starts JAX
         start_distributed(args.coordinator, args.num_processes, args.process_id)
-    items, shared_mask, mode = find_items(args.input, args.mask, args.output, args.image_suffixes, args.keep_ext)
+    items, shared_mask, mode, left_out = find_items(args.input, args.mask, args.output, args.image_suffixes,
+                                                    args.keep_ext)
     if args.compilation_cache:
         enable_compilation_cache(args.compilation_cache)
     model = _load_model(args.model) if any(item.problem is None for item in items) else None
@@ -276,7 +285,7 @@ def run_inpaint(args) -> int:
         return dry_run(items, model, settings.method, settings.config)
     summary = run_items(items, model, settings, shared_mask=shared_mask, distributed=args.distributed,
                         verbose=not args.quiet, report_folder=None if mode == "single" else Path(args.output),
-                        outer_bar=mode != "single")
+                        outer_bar=mode != "single", left_out=left_out)
     if summary.process == 0 and (summary.failures or not args.quiet):
         print(summary)
     return EXIT_FAILED if summary.failures else EXIT_OK
@@ -292,11 +301,11 @@ def dry_run(items, model, method: str, config: RefineConfig) -> int:
             size = item_size(item)
         except ItemError as e:
             failed += 1
-            print(f"failed: {e.path}: {e.reason}", file=sys.stderr)
+            print(f"failed: {printable(e.path)}: {printable(e.reason)}", file=sys.stderr)
             continue
         if size not in by_size:
             by_size[size] = estimate(size, model, method=method, config=config)
-        print(f"{item.image}: {size[1]}x{size[0]}: {by_size[size]}")
+        print(f"{printable(item.image)}: {size[1]}x{size[0]}: {by_size[size]}")
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -307,16 +316,41 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help, --version, or a usage error (already printed)
         return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
+    for stream in (sys.stdout, sys.stderr):  # names the terminal's encoding cannot show, escaped
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     try:
         if args.command == "convert":
             return run_convert(args)
-        return run_inpaint(args)
+        with _sigterm_stops_the_job():
+            return run_inpaint(args)
     except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + "\n".join(map(printable, str(e).split("\n"))), file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated) or (isinstance(e, JobInterrupted) and e.terminated)
+        if isinstance(e, JobInterrupted):
+            print(e.summary)
+        print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_job():
+    """SIGTERM (what SLURM, Kubernetes and TPU preemption send first) raises `Terminated` in
+    the main thread, as SIGINT raises KeyboardInterrupt; the previous handler afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,13 @@ Modes (what `find_items` accepts; see the CLI's epilog):
 
 Promises: no input is ever written; a malformed or unreadable image, mask or folder entry
 (symlink loops, FIFOs, devices, directories where files belong, damaged files) is an
-`ItemError` of its own item, never a crash; outputs are written atomically (a temporary file
-`.<name>.<random>.partial` beside the output, fsynced, then renamed), and a later run
-removes the temporary files an interrupted one left for the outputs it writes.
+`ItemError` of its own item, never a crash; any name the file system allows works (bytes
+that are not UTF-8, newlines, leading dashes, 255 bytes; `printable` shows them); outputs are
+written atomically (a locked temporary file `.<name>.<random>.partial` beside the output,
+fsynced, then renamed), and a later run removes the temporary files that writers which are
+gone left for the outputs it writes, never a live writer's. 16-bit colour files are read and
+written at 16 bits (`colour16`); what an output's format cannot keep of its input (depth,
+alpha, losslessness) is said in a warning (`save_atomic`).
 """
 
 from __future__ import annotations
@@ -18,21 +22,40 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import io
 import os
 import re
+import secrets
 import stat
-import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from . import images
+from . import colour16, images
+
+try:
+    import fcntl
+except ImportError:  # Windows: no locks; temporary files are never taken for abandoned
+    fcntl = None
 
 # Images read in IMAGEDIR modes (PIL reads more, but these are the usual photo formats).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 # LaMa's image suffixes for the `x_mask*.png` layout, tried in this order.
 LAMA_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def printable(text) -> str:
+    """`text` (a str, path or bytes) as one line any terminal shows: bytes that are not UTF-8
+    as \\xNN, control characters (newline, tab, escape, ...) as Python escapes."""
+    text = os.fsdecode(text) if isinstance(text, (bytes, os.PathLike)) else str(text)
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+        raw = text.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class UsageError(ValueError):
@@ -69,9 +92,19 @@ class Item:
 # --------------------------------------------------------------------------------------
 
 
-def find_items(source, mask, output, image_suffixes=None, keep_ext: bool = False) -> tuple[list[Item], Path | None, str]:
-    """(items, shared mask file or None, mode "single" | "lama" | "folders" | "shared-mask")
-    from the paths of a job; UsageError when they make no job."""
+class Found(NamedTuple):
+    """The work `find_items` found: the items, the shared mask file (or None), the mode
+    ("single" | "lama" | "folders" | "shared-mask") and the folders it left out (the output
+    folder where it lies inside a LaMa-layout input folder)."""
+
+    items: list[Item]
+    shared_mask: Path | None
+    mode: str
+    left_out: list[Path]
+
+
+def find_items(source, mask, output, image_suffixes=None, keep_ext: bool = False) -> Found:
+    """The `Found` work of a job's paths; UsageError when they make no job."""
     source, out = Path(source), Path(output)
     mask = Path(mask) if mask is not None else None
     for path in (source, mask):
@@ -92,22 +125,22 @@ def find_items(source, mask, output, image_suffixes=None, keep_ext: bool = False
         if mask is None:
             # LaMa's img_suffix is appended as given; a bare extension ("jpg") gets its dot.
             suffixes = tuple("." + s if s.isalnum() else s for s in (image_suffixes or LAMA_IMAGE_SUFFIXES))
-            items = lama_items(source, out, suffixes)
+            items, left_out = lama_items(source, out, suffixes)
             if not items:
                 raise UsageError(f"{source}: no masks (*_mask*.png) found")
-            return items, None, "lama"
+            return Found(items, None, "lama", left_out)
         if source.is_dir():
             shared = None if mask.is_dir() else mask
             items = folder_items(source, mask if shared is None else None, out, keep_ext, shared_mask=shared)
             if not items:
                 raise UsageError(f"{source}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-            return items, shared, "folders" if shared is None else "shared-mask"
+            return Found(items, shared, "folders" if shared is None else "shared-mask", [])
     except OSError as e:  # the top folder itself cannot be listed
         raise UsageError(f"{e.filename or source}: cannot list: {e.strerror or e}") from None
     if out.is_dir():
         out = out / (source.stem + ".png")
     output_format(out)
-    return [Item(source, source, mask, out)], None, "single"
+    return Found([Item(source, source, mask, out)], None, "single", [])
 
 
 def resolved(path: Path) -> Path:
@@ -130,17 +163,20 @@ def _names_by_lowercase(directory: Path, cache: dict) -> dict[str, list[str]]:
     return cache[directory]
 
 
-def lama_items(indir: Path, outdir: Path, suffixes) -> list[Item]:
+def lama_items(indir: Path, outdir: Path, suffixes) -> tuple[list[Item], list[Path]]:
     """LaMa's layout: masks `*_mask*.png` under indir (recursively, sorted; symlinked folders
-    are not followed); a sub-folder that cannot be listed is an item of its own that fails."""
+    are not followed); a sub-folder that cannot be listed is an item of its own that fails.
+    Returns (items, the folders left out: outdir where it lies inside indir)."""
     out_resolved, in_resolved = resolved(outdir), resolved(indir)
-    masks, unlisted = [], []
+    masks, unlisted, left_out = [], [], []
     for root, dirs, files in os.walk(indir, onerror=unlisted.append):
         root = Path(root)
         # Never read our own outputs back as inputs when OUTDIR lies inside DIR.
         # Hidden folders are skipped, as LaMa's glob does.
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (
-            out_resolved == in_resolved or not _inside(resolved(root / d), out_resolved)))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if out_resolved != in_resolved:
+            left_out += [root / d for d in dirs if _inside(resolved(root / d), out_resolved)]
+            dirs[:] = [d for d in dirs if root / d not in left_out]
         masks += [root / f for f in files if "_mask" in f and f.lower().endswith(".png")
                   and not f.startswith(".")]
     masks.sort(key=lambda p: str(p))
@@ -164,7 +200,7 @@ def lama_items(indir: Path, outdir: Path, suffixes) -> list[Item]:
     if unlisted and unlisted[0].filename == os.fspath(indir):
         raise unlisted[0]
     return items + [Item(Path(e.filename), None, None, None, f"cannot list this folder: {e.strerror or e}")
-                    for e in unlisted]
+                    for e in unlisted], left_out
 
 
 def _entries(directory: Path) -> list[Path]:
@@ -243,7 +279,8 @@ def check_outputs(items: list[Item], extra_inputs=()) -> None:
         key = _file_key(item.output)
         victim = by_path.get(os.path.normcase(resolved(item.output))) or (by_key.get(key) if key else None)
         if victim is not None:
-            clashes.append(f"{item.output} (output for {item.name}) is the input {victim}")
+            clashes.append(f"{printable(item.output)} (output for {printable(item.name)}) is the input "
+                           f"{printable(victim)}")
     if clashes:
         shown = "\n  ".join(clashes[:10]) + (f"\n  ... and {len(clashes) - 10} more" if len(clashes) > 10 else "")
         raise UsageError(f"refusing to overwrite input files; choose another output:\n  {shown}")
@@ -297,12 +334,59 @@ def _open_regular(path: Path):
 
 
 def open_image(path: Path, what: str = "image"):
-    """A fully read PIL image; any problem raises ItemError naming the file."""
+    """A fully read PIL image, or for a 16-bit colour file (RGB, RGBA: PNG, TIFF; grey +
+    alpha: PNG), which PIL's modes hold at 8 bits only, uint16 values (H, W, C) with EXIF
+    orientation applied (see `colour16`); any problem raises ItemError naming the file."""
     from PIL import Image
 
-    with _reading(path, what), _open_regular(path) as file, Image.open(file) as image:
-        image.load()
-    return image
+    with _reading(path, what), _open_regular(path) as file:
+        with Image.open(file) as image:
+            deep = colour16.deep_tiles(image)
+            image.load()
+        if deep is None:
+            return image
+        file.seek(0)
+        with Image.open(file) as second:
+            second.tile = deep[0]
+            second.load()
+        return colour16.combine(images.upright(image), images.upright(second), deep[1])
+
+
+# Formats whose files may be lossy: JPEG always, WebP unless its bitstream is VP8L, TIFF with
+# JPEG compression.
+_LOSSY_FORMATS = ("JPEG", "MPO", "JPEG2000")
+
+
+def stored_as(path: Path | None) -> tuple[bytes | None, bool]:
+    """(ICC profile or None, whether the format stores it losslessly) of the image file at
+    `path`, from its header; (None, True) for None or a file that cannot be read any more."""
+    from PIL import Image
+
+    if path is None:
+        return None, True
+    try:
+        with _open_regular(path) as file, Image.open(file) as image:
+            lossy = (image.format in _LOSSY_FORMATS or (image.format == "WEBP" and not _webp_lossless(file))
+                     or image.info.get("compression") in ("jpeg", "tiff_jpeg"))
+            return image.info.get("icc_profile"), not lossy
+    except Exception:  # noqa: BLE001 - gone or changed since it was read: nothing to keep
+        return None, True
+
+
+def _webp_lossless(file) -> bool:
+    """Whether a WebP file's (first frame's) bitstream is lossless (a VP8L chunk)."""
+    file.seek(12)
+    while True:
+        head = file.read(8)
+        if len(head) < 8:
+            return False
+        kind, size = head[:4], int.from_bytes(head[4:], "little")
+        if kind in (b"VP8L", b"VP8 "):
+            return kind == b"VP8L"
+        if kind == b"ANMF":  # a frame: its 16-byte header, then its own chunks
+            file.seek(16, os.SEEK_CUR)
+            continue
+        file.seek(size + size % 2, os.SEEK_CUR)
 
 
 def upright_size(path: Path) -> tuple[int, int]:
@@ -330,7 +414,7 @@ def output_complete(path: Path, size: tuple[int, int]) -> bool:
         image = open_image(path)
     except (OSError, ItemError):
         return False
-    return (image.height, image.width) == tuple(size)
+    return (np.shape(image)[:2] if isinstance(image, np.ndarray) else (image.height, image.width)) == tuple(size)
 
 
 # --------------------------------------------------------------------------------------
@@ -395,71 +479,155 @@ def _icc_fits(profile: bytes, mode: str) -> bool:
     return mode in _ICC_SPACES.get(bytes(profile[16:20]), ())
 
 
-_UMASK = None
-
-
-def _umask() -> int:
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
-
-
 PARTIAL_SUFFIX = ".partial"
+NAME_MAX = 255  # bytes in a file name (Linux, macOS, Windows)
+_PARTIAL_EXTRA = len("..") + 16 + len(PARTIAL_SUFFIX)  # what a temporary name adds to the output's
+
+
+def partial_stem(name: str) -> str:
+    """The part of `write_atomic`'s temporary names that stands for the output `name`: the
+    name itself, or, where that would make the temporary name longer than NAME_MAX bytes, its
+    first bytes, '~' and 16 hex digits of its SHA-256."""
+    raw = os.fsencode(name)
+    if len(raw) + _PARTIAL_EXTRA <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    return os.fsdecode(raw[:NAME_MAX - _PARTIAL_EXTRA - len(digest) - 1]) + "~" + digest
 
 
 def write_atomic(path: Path, write) -> None:
-    """Create `path` by write(binary file) into `.<name>.<random>.partial` beside it, fsync,
-    then rename: `path` is the old file or the whole new one, never a part."""
+    """Create `path` by write(binary file) into `.<partial_stem>.<16 random hex>.partial`
+    beside it (mode 0666 & ~umask), fsync, then rename: `path` is the old file or the whole
+    new one, never a part. The temporary file holds an exclusive lock (flock) until the
+    rename, which tells `remove_stale_partials` that its writer is alive. Any exception
+    (OSError, KeyboardInterrupt, ...) raised once the name is chosen removes the temporary
+    file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    for _ in range(3):
+        tmp = path.parent / f".{partial_stem(path.name)}.{secrets.token_hex(8)}{PARTIAL_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+            with os.fdopen(fd, "wb") as f:
+                if not _hold(f.fileno(), tmp):
+                    continue  # a cleaner took it in the instant before our lock
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+                if fcntl is not None:
+                    os.replace(tmp, path)  # still locked: a cleaner never sees it unlocked
+            if fcntl is None:  # Windows renames no open file
+                os.replace(tmp, path)
+            return
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    raise OSError(f"{path}: could not hold a temporary file beside it (removed by another process each time)")
+
+
+def _same_file(fd: int, path) -> bool:
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
+        here, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _hold(fd: int, path) -> bool:
+    """Lock the open file `fd` (waiting while a cleaner looks at it); whether `path` is still
+    that file. Where the file system has no locks, cleaners cannot lock it either, and keep it."""
+    if fcntl is not None:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    return _same_file(fd, path)
 
 
-def save_atomic(image, path: Path, icc_profile: bytes | None = None) -> None:
-    """Write a PIL image to `path` (format from the extension, in a mode it can store, see
-    `encodable`) atomically; the input's ICC profile is kept where it fits the mode written."""
+def _take_if_abandoned(path) -> bool:
+    """Remove the temporary file `path` if no live writer holds its lock; whether it did.
+    Without file locks (Windows) none is removed: it may be a live writer's."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError: a live writer holds it (or no locks here)
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not _same_file(fd, path):
+            return False
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def save_atomic(image, path: Path, source: Path | None = None) -> list[str]:
+    """Write a PIL image or 16-bit colour values (`open_image`) to `path` atomically, format
+    from the extension, in a mode it can store (`encodable`; 16-bit colour as 16-bit PNG or
+    TIFF, 8-bit elsewhere). What the input file `source` stores is kept where the format can:
+    its ICC profile where it fits the mode written, losslessness (WebP is written lossless
+    when the input is lossless). Returns a warning for each thing the output cannot keep
+    (bit depth, alpha, losslessness)."""
+    from PIL import Image
+
     fmt = output_format(path)
-    image = encodable(image, fmt)
+    icc_profile, lossless = stored_as(source)
+    warnings = []
+    if isinstance(image, np.ndarray):
+        if fmt in colour16.WRITERS:
+            data = colour16.WRITERS[fmt](image, icc_profile)
+            write_atomic(path, lambda f: f.write(data))
+            return warnings
+        warnings.append(f"{fmt} stores 8 bits per channel: the 16-bit image is written at 8 bits")
+        image = Image.fromarray(np.rint(image / 257.0).astype(np.uint8))
+    written = encodable(image, fmt)
+    if _BITS.get(written.mode, 8) < _BITS.get(image.mode, 8) or image.mode == "F" != written.mode:
+        warnings.append(f"{fmt} cannot store {_DEPTHS[image.mode]} images: written at "
+                        f"{_BITS.get(written.mode, 8)} bits")
+    if "A" in image.getbands() and "A" not in written.getbands():
+        warnings.append(f"{fmt} cannot store transparency: the alpha channel is dropped")
+    lossless_webp = fmt == "WEBP" and lossless
+    if lossless and fmt in _LOSSY_FORMATS:
+        warnings.append(f"{fmt} is lossy: the known pixels of the lossless input are not kept exactly")
     # PNG at zlib level 1, as LaMa's cv2.imwrite writes it: half the time of PIL's level 6
     # for ~10 % larger files (the encoder is the largest part of writing a result)
-    params = {"quality": 95} if fmt in ("JPEG", "WEBP") else {"compress_level": 1} if fmt == "PNG" else {}
-    if icc_profile and _icc_fits(icc_profile, image.mode):
+    params = ({"lossless": True} if lossless_webp else {"quality": 95} if fmt in ("JPEG", "WEBP")
+              else {"compress_level": 1} if fmt == "PNG" else {})
+    if icc_profile and _icc_fits(icc_profile, written.mode):
         params["icc_profile"] = icc_profile
-    write_atomic(path, lambda f: image.save(f, format=fmt, **params))
+    write_atomic(path, lambda f: written.save(f, format=fmt, **params))
+    return warnings
 
 
-# `write_atomic`'s temporary files: "." + the output's name + "." + tempfile's 8 random characters + ".partial"
-_PARTIAL_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}" + re.escape(PARTIAL_SUFFIX))
+_BITS = {"F": 32, "I": 16, "I;16": 16}  # bits of a channel's values (mode I holds 0..65535, `images`); else 8
+_DEPTHS = {"F": "floating-point", "I": "16-bit", "I;16": "16-bit"}
+
+
+# `write_atomic`'s temporary files: "." + partial_stem(output name) + "." + 16 random hex digits
+# (or 8 of tempfile's characters: what earlier versions made) + ".partial"
+_PARTIAL_NAME = re.compile(r"\.(?P<stem>.+)\.(?:[0-9a-f]{16}|[a-z0-9_]{8})" + re.escape(PARTIAL_SUFFIX), re.DOTALL)
 
 
 def remove_stale_partials(outputs) -> list[Path]:
-    """Remove the temporary files an interrupted run left for these output paths (regular
-    files of exactly `write_atomic`'s naming, nothing else); returns what was removed."""
+    """Remove the temporary files that writers which are gone (killed, interrupted) left for
+    these output paths: regular files of exactly `write_atomic`'s naming whose lock no
+    process holds, never a live writer's (another job's in the same folder), nothing else;
+    returns what was removed."""
     by_folder: dict[Path, set[str]] = {}
     for output in outputs:
-        by_folder.setdefault(output.parent, set()).add(output.name)
+        by_folder.setdefault(output.parent, set()).add(partial_stem(output.name))
     removed = []
-    for folder, names in by_folder.items():
+    for folder, stems in by_folder.items():
         try:
             entries = list(os.scandir(folder))
         except OSError:  # not created yet
             continue
         for entry in entries:
             match = _PARTIAL_NAME.fullmatch(entry.name)
-            if match and match["name"] in names and entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed.append(Path(entry.path))
+            if (match and match["stem"] in stems and entry.is_file(follow_symlinks=False)
+                    and _take_if_abandoned(entry.path)):
+                removed.append(Path(entry.path))
     return removed

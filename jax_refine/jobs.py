@@ -15,8 +15,10 @@ One code path for every case (`jax-refine inpaint` and `inpaint_files`):
    behind, so at most PREFETCH + WRITE_BEHIND + 2 batches are in memory;
 5. each process reports its own items (progress lines, and when distributed a report file
    OUTDIR/.jax-refine/process-I-of-N.json); the processes exchange counts and failures
-   through jax.distributed's key-value store, so every process returns the whole job's
-   `JobSummary`, which process 0 prints.
+   through jax.distributed's key-value store (under keys named by `job_id`), so every
+   process returns the whole job's `JobSummary`, which process 0 prints.
+Ctrl-C and SIGTERM (`Terminated`, raised by the CLI's handler) stop a job after the writes in
+progress: `JobInterrupted` carries the summary so far.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from pathlib import Path
 
 from ._compat import coordination_client
 from .files import (Item, ItemError, UsageError, check_outputs, find_items, item_size, open_image,
-                    output_complete, remove_stale_partials, save_atomic, write_atomic)
-from .api import batch_key, inpaint_batch_with_info, inpaint_with_info, resolve_model
+                    output_complete, printable, remove_stale_partials, save_atomic, write_atomic)
+from .api import batch_key, check_arguments, inpaint_batch_with_info, inpaint_with_info, resolve_model
 from .images import MAX_HOLE_FRACTION, LargeHoleWarning, check_mask_threshold
 from .plan import RefineConfig, budget_size, model_defaults
 
@@ -49,7 +51,6 @@ IO_THREADS = max(1, min(8, os.cpu_count() or 1))
 REPORT_PLOT_SUFFIX = ".report.png"
 START_TIMEOUT_S = 1800  # every process must have planned the job within this time of the first
 _POLL_MS = 10_000  # waiting for other processes: how often to look whether one of them stopped
-_JOB_NUMBERS = itertools.count()  # the n-th distributed job of every process is the same job
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,7 @@ class JobSummary:
     seconds: float = 0.0
     processes: int = 1
     process: int = 0  # this process's index
+    left_out: list[str] = dataclasses.field(default_factory=list)  # the output folder, inside the input folder
 
     @property
     def images_per_second(self) -> float:
@@ -106,7 +108,10 @@ class JobSummary:
                 f"({self.images_per_second:.3g} images/s){over}")
 
     def __str__(self) -> str:
-        return "\n".join([self.headline()] + [f"  {path}: {reason}" for path, reason in self.failures])
+        return "\n".join([self.headline()] + [f"  {printable(path)}: {printable(reason)}"
+                                              for path, reason in self.failures]
+                         + [f"  left out {printable(path)}: the output folder, inside the input folder"
+                            for path in self.left_out])
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -116,6 +121,20 @@ class JobSummary:
         fields = json.loads(text)
         return cls(**{**fields, "failures": [tuple(f) for f in fields["failures"]],
                       "warnings": [tuple(w) for w in fields["warnings"]]})
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (raised by the handler `jax-refine inpaint` installs): stops a job as Ctrl-C does."""
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """A job stopped by Ctrl-C (KeyboardInterrupt) or SIGTERM (`Terminated`) after it began
+    its items: the writes in progress were finished or removed, `summary` is what this
+    process did until then, `terminated` whether SIGTERM stopped it."""
+
+    def __init__(self, summary: JobSummary, terminated: bool):
+        super().__init__("terminated" if terminated else "interrupted")
+        self.summary, self.terminated = summary, terminated
 
 
 # --------------------------------------------------------------------------------------
@@ -148,18 +167,23 @@ def inpaint_files(source, output, mask=None, *, model=None, method: str = "refin
       verbose: progress and per-item lines on stderr (bars on a terminal).
 
     Returns the `JobSummary` of the whole job (every process gets the same counts). Raises
-    UsageError for arguments that make no job; a bad item fails alone (summary.failures).
+    UsageError for arguments that make no job, TypeError for a config that is not a
+    RefineConfig; a bad item fails alone (summary.failures). Ctrl-C once the items began
+    raises `JobInterrupted` (a KeyboardInterrupt) with the summary so far, after the writes in
+    progress finished.
     """
+    check_arguments(config=config)
     if distributed:
         start_distributed(coordinator, num_processes, process_id)
     settings = JobSettings(method, config or RefineConfig(), mask_threshold, batch_size, crop_margin, overwrite,
                            skip_existing)
-    items, shared_mask, mode = find_items(source, mask, output, image_suffixes, keep_ext)
+    items, shared_mask, mode, left_out = find_items(source, mask, output, image_suffixes, keep_ext)
     model = resolve_model(model) if any(item.problem is None for item in items) else None
     if config is None and model is not None:  # the model's recommended settings
         settings = dataclasses.replace(settings, config=model_defaults(model))
     return run_items(items, model, settings, shared_mask=shared_mask, distributed=distributed, verbose=verbose,
-                     report_folder=None if mode == "single" else Path(output), outer_bar=mode != "single")
+                     report_folder=None if mode == "single" else Path(output), outer_bar=mode != "single",
+                     left_out=left_out)
 
 
 def start_distributed(coordinator: str | None = None, num_processes: int | None = None,
@@ -227,24 +251,35 @@ def _fingerprint(items: list[Item], sizes, batches) -> str:
     for batch in batches:
         for index in batch:
             item = items[index]
-            digest.update(f"{item.name}\0{item.output}\0{sizes.get(index)}\n".encode())
+            digest.update(f"{item.name}\0{item.output}\0{sizes.get(index)}\n".encode("utf-8", "surrogateescape"))
         digest.update(b"\1")
     return digest.hexdigest()
+
+
+def job_id(settings: JobSettings, output) -> str:
+    """What names a job in the processes' key-value store, the same on every host that runs
+    the same command: a digest of its settings and its output (folder), even where the hosts
+    see different input files (so that they can find out)."""
+    return hashlib.sha256(f"{settings!r}\0{output}".encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 class _Group:
     """This process's place in a job: its index, the process count and, with several
     processes, the coordination service's key-value store of jax.distributed (through which
-    the processes compare their plans and share their summaries)."""
+    the processes compare their plans and share their summaries). The keys of a job are
+    `jax_refine/<job_id>/<n>/`, n counting this process's runs of that job in the store itself,
+    so the n-th run of a job on one host meets the n-th run of it on the others, whatever
+    other jobs each host ran."""
 
-    def __init__(self, distributed: bool):
+    def __init__(self, distributed: bool, job: str):
         import jax
 
         self.index, self.count = (jax.process_index(), jax.process_count()) if distributed else (0, 1)
         self.client = None
         if self.count > 1:
             self.client = coordination_client()
-            self.prefix = f"jax_refine/job{next(_JOB_NUMBERS)}/"
+            run = self.client.key_value_increment(f"jax_refine/{job}/runs/{self.index}", 1)
+            self.prefix = f"jax_refine/{job}/{run}/"
 
     def _all(self, name: str, value: str, timeout_s: float | None = None) -> list[str]:
         """`value` of every process for `name`, in process order; waits for all of them (at
@@ -290,7 +325,7 @@ class _Group:
         parts = [JobSummary.from_json(text) for text in self._all("summary", own.to_json())]
         return JobSummary(sum(p.done for p in parts), sum(p.skipped for p in parts),
                           [f for p in parts for f in p.failures], [w for p in parts for w in p.warnings],
-                          time.perf_counter() - start, self.count, self.index)
+                          time.perf_counter() - start, self.count, self.index, own.left_out)
 
 
 # --------------------------------------------------------------------------------------
@@ -300,9 +335,11 @@ class _Group:
 
 def run_items(items: list[Item], model, settings: JobSettings, *, shared_mask: Path | None = None,
               distributed: bool = False, verbose: bool = False, report_folder: Path | None = None,
-              outer_bar: bool = True) -> JobSummary:
+              outer_bar: bool = True, left_out=()) -> JobSummary:
     """Inpaint `items` (see the module docstring); `model` a Lama (None when every item
-    already has a problem). Returns the whole job's summary."""
+    already has a problem); left_out: folders discovery left out (`files.Found`), named in
+    the summary. Returns the whole job's summary; Ctrl-C or SIGTERM once the items began
+    raise `JobInterrupted`."""
     start = time.perf_counter()
     if model is not None and settings.method == "refine" and settings.config.modulo % model.config.modulo:
         raise UsageError(f"modulo {settings.config.modulo} must be a multiple of the model's {model.config.modulo}")
@@ -313,10 +350,11 @@ def run_items(items: list[Item], model, settings: JobSettings, *, shared_mask: P
             mask_image = open_image(shared_mask, "mask")
         except ItemError as e:
             raise UsageError(str(e)) from None
-    group = _Group(distributed)
+    output = report_folder if report_folder is not None or not items else items[0].output
+    group = _Group(distributed, job_id(settings, output))
     try:
         own = _run_share(items, model, settings, mask_image, group, start, verbose, report_folder, outer_bar,
-                         distributed)
+                         distributed, left_out)
     except BaseException as e:
         group.abort(f"{type(e).__name__}: {e}")
         raise
@@ -324,7 +362,8 @@ def run_items(items: list[Item], model, settings: JobSettings, *, shared_mask: P
 
 
 def _run_share(items: list[Item], model, settings: JobSettings, mask_image, group: _Group, start: float,
-               verbose: bool, report_folder: Path | None, outer_bar: bool, distributed: bool) -> JobSummary:
+               verbose: bool, report_folder: Path | None, outer_bar: bool, distributed: bool,
+               left_out) -> JobSummary:
     """This process's part of `run_items`: plan, split, resume, run; its own summary."""
     sizes = _sizes(items)
     batches = plan_batches(items, sizes, settings, model)
@@ -338,14 +377,17 @@ def _run_share(items: list[Item], model, settings: JobSettings, mask_image, grou
     if removed:
         reporter.note(f"removed {len(removed)} temporary file(s) an interrupted run left: "
                       + ", ".join(map(str, removed[:3])) + (" ..." if len(removed) > 3 else ""))
-    mine = [[items[i] for i in batch] for batch in _resume(mine, items, sizes, settings, reporter)]
     try:
+        mine = [[items[i] for i in batch] for batch in _resume(mine, items, sizes, settings, reporter)]
         with warnings.catch_warnings():  # said per item by the reporter instead
             warnings.simplefilter("ignore", LargeHoleWarning)
             _Runner(settings, model, mask_image, reporter).run(mine)
+    except KeyboardInterrupt as e:  # the pool finished the writes in progress (or they removed their files)
+        raise JobInterrupted(reporter.summary(time.perf_counter() - start, group.count, group.index, left_out),
+                             isinstance(e, Terminated)) from None
     finally:
         reporter.close()
-    own = reporter.summary(time.perf_counter() - start, group.count, group.index)
+    own = reporter.summary(time.perf_counter() - start, group.count, group.index, left_out)
     if group.count > 1:
         reporter.note(f"this process: {own.headline()}")
     if distributed and report_folder is not None:
@@ -445,7 +487,7 @@ class _Runner:
         return item, image, mask
 
     def compute(self, opened: list[tuple]) -> list[tuple]:
-        """Inpaint opened items together; (item, image, result, info, seconds) of each that
+        """Inpaint opened items together; (item, result, info, seconds) of each that
         succeeded. A batch that fails is retried image by image, so one bad image fails alone."""
         if not opened:
             return []
@@ -463,7 +505,7 @@ class _Runner:
             return [done for done in (self._one(*x) for x in opened) if done is not None]
         self.reporter.computed()
         seconds = (time.perf_counter() - start) / len(opened)
-        return [(item, image, result, info, seconds) for (item, image, _), result, info in zip(opened, results, infos)]
+        return [(item, result, info, seconds) for (item, _, _), result, info in zip(opened, results, infos)]
 
     def _one(self, item: Item, image, mask):
         start = time.perf_counter()
@@ -480,19 +522,24 @@ class _Runner:
             return None
         finally:
             self.reporter.computed()
-        return item, image, result, info, time.perf_counter() - start
+        return item, result, info, time.perf_counter() - start
 
-    def write(self, item: Item, image, result, info, seconds: float) -> None:
+    def write(self, item: Item, result, info, seconds: float) -> None:
         """Write one result atomically (and its report plot), and report it."""
         try:
-            save_atomic(result, item.output, image.info.get("icc_profile"))
+            lost = save_atomic(result, item.output, item.image)
         except UsageError as e:  # no writer for this extension (--keep-ext)
             self.reporter.failed(item.output, str(e).split(": ", 1)[-1])
             return
-        except Exception as e:  # noqa: BLE001 - disk full, permissions, a folder in the way, ...
+        except OSError as e:  # disk full, I/O error, permissions, a folder in the way, ...
+            self.reporter.failed(item.output, f"cannot write: {e.strerror or e}")
+            return
+        except Exception as e:  # noqa: BLE001 - an encoder's own error
             self.reporter.failed(item.output, f"cannot write: {e}")
             return
         self.reporter.succeeded(item, seconds)
+        for message in lost:  # what the output's format cannot keep of the input
+            self.reporter.warned(item.output, message)
         if info.hole_fraction > MAX_HOLE_FRACTION:
             self.reporter.warned(item.name, f"the hole covers {100 * info.hole_fraction:.1f} % of the image "
                                  "(LaMa fills holes of up to about half the image): is the mask inverted, "
@@ -540,6 +587,7 @@ class Reporter:
                 self.outer = tqdm(total=total, unit="img", desc="images", file=sys.stderr, dynamic_ncols=True)
 
     def _write(self, line):
+        line = printable(line)
         with self._lock:
             if self.bars:
                 self._tqdm.write(self.prefix + line, file=sys.stderr)
@@ -621,7 +669,7 @@ class Reporter:
     def report(self, item: Item, info):
         """The refinement report of one image (stdout)."""
         with self._lock:
-            print(f"{item.output}: {format_report(info)}", flush=True)
+            print(f"{printable(item.output)}: {format_report(info)}", flush=True)
 
     def close(self):
         with self._lock:
@@ -630,10 +678,10 @@ class Reporter:
                     bar.close()
             self.inner = self.outer = None
 
-    def summary(self, seconds: float, processes: int, process: int) -> JobSummary:
+    def summary(self, seconds: float, processes: int, process: int, left_out=()) -> JobSummary:
         with self._lock:
             return JobSummary(self.done, self.skipped_count, list(self.failures), list(self.warnings), seconds,
-                              processes, process)
+                              processes, process, [str(path) for path in left_out])
 
 
 def format_report(info) -> str:
