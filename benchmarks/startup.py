@@ -111,7 +111,8 @@ def main() -> None:
         parser.error("--runs must be at least 2")
     with tempfile.TemporaryDirectory() as tmp:
         command = ["inpaint", str(args.image), str(args.mask), "-o"]
-        print(f"jax-refine {' '.join(command)} OUT {' '.join(args.extra)}, JAX_REFINE_HOME empty at first")
+        print(f"jax-refine inpaint {args.image.name} {args.mask.name} -o OUT {' '.join(args.extra)}".rstrip()
+              + ", JAX_REFINE_HOME empty at first (seconds)")
         print(f"{'run':<6}" + "".join(f"{c:>9}" for c in COLUMNS) + f"{'hits':>6}")
         rows = []
         for i in range(args.runs):
