@@ -91,7 +91,7 @@ def test_a_nearly_full_disk_counts_as_unwritable(tmp_path, monkeypatch):
     import shutil
 
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 2**20, 2**20))
-    assert compile_cache._unwritable(tmp_path / "xla") == f"{tmp_path / 'xla'} has only 1 MiB free"
+    assert compile_cache._unwritable(tmp_path / "xla") == f"{tmp_path / 'xla'} has only 1.0 MiB free"
     monkeypatch.undo()
     assert compile_cache._unwritable(tmp_path / "xla") is None
 
