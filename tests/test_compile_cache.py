@@ -25,7 +25,9 @@ from conftest import GOLDEN
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
-import json, warnings
+import json, os, sys, warnings
+if os.environ.get("HIDE_FILELOCK"):
+    sys.modules["filelock"] = None  # as if it were not installed
 import jax, jax.numpy as jnp
 from jax_refine import compile_cache
 with warnings.catch_warnings(record=True) as caught:
@@ -66,6 +68,7 @@ def test_default_cache_is_written_then_reused(tmp_path):
     np.testing.assert_allclose(first["y"], EXPECTED_Y, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_opt_out_and_the_users_own_jax_cache_win(tmp_path):
     off = run_child(tmp_path / "home", **{compile_cache.ENV: "0"})
     assert off["used"] == [None, None] and not (tmp_path / "home" / "xla").exists()
@@ -83,6 +86,14 @@ def test_unwritable_cache_gives_one_warning_and_the_same_result(tmp_path):
     assert len(blocked["warnings"]) == 1, blocked["warnings"]
     assert blocked["warnings"][0].startswith("CompilationCacheWarning: compilation cache off: ")
     assert "cannot be written" in blocked["warnings"][0]
+
+
+@pytest.mark.slow
+def test_without_filelock_the_cache_is_off_with_one_warning(tmp_path):
+    result = run_child(tmp_path / "home", HIDE_FILELOCK="1")  # JAX's size cap would fail on every program
+    assert result["used"] == [None, None] and len(result["warnings"]) == 1
+    assert "filelock" in result["warnings"][0]
+    np.testing.assert_allclose(result["y"], EXPECTED_Y, rtol=1e-6)
 
 
 def test_a_nearly_full_disk_counts_as_unwritable(tmp_path, monkeypatch):
