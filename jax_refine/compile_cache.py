@@ -38,7 +38,7 @@ from . import hub
 
 ENV = "JAX_REFINE_COMPILATION_CACHE"  # "0": no default cache
 MAX_BYTES = 2 * 2**30  # bounds growth over many sizes and versions (one entry: the bundled model at 1024x640, 0.17 MB)
-MIN_COMPILE_SECONDS = 0.0  # every program: a cache read is faster than the smallest compile
+MIN_COMPILE_SECONDS = 0.0  # every program, the small ones too (JAX's default keeps those compiling for >= 1 s)
 MIN_FREE_BYTES = 256 * 2**20  # a fuller disk counts as full
 
 
@@ -55,16 +55,19 @@ def enable_compilation_cache(path: str | os.PathLike) -> Path:
     """Enable JAX's persistent compilation cache in directory `path` (created if needed).
 
     Every compiled program is stored (no minimum compile time, no size cap), so a later
-    process running the same model at the same padded image sizes skips compilation. Call
-    it before the first `inpaint`, which otherwise enables the default cache (module
-    docstring). The cache is trusted code: do not use a directory others can write.
+    process running the same model at the same padded image sizes skips compilation. It
+    replaces the default cache (module docstring), also after the first `inpaint`. The
+    cache is trusted code: do not use a directory others can write.
     """
     import jax
+    from jax.experimental.compilation_cache import compilation_cache
 
     path = Path(path).expanduser().absolute()
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_compilation_cache_max_size", -1)
+    compilation_cache.reset_cache()  # JAX opens its cache once; this reopens it in `path`
     return path
 
 
