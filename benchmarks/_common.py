@@ -1,5 +1,8 @@
 """What the benchmarks share: the repository root, the test photo and mask, peak RSS, compile
-time, and running one variant in a fresh process (so that its peak memory is its own)."""
+time, and running one variant in a fresh process (so that its peak memory is its own).
+
+Importing it sets XLA's CPU conv flag (`jax_refine.configure_cpu`, as the CLI does) before any
+benchmark starts JAX; the workers it starts inherit it."""
 
 from __future__ import annotations
 
@@ -11,6 +14,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+import jax_refine
+
+jax_refine.configure_cpu()
 
 ROOT = Path(__file__).resolve().parents[1]
 # a 2560x1600 photo from the training sources (python -m training.sources); examples/dune.png otherwise

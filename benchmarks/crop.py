@@ -61,4 +61,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import jax_refine
+
+    jax_refine.configure_cpu()  # XLA's fast CPU conv path, before JAX starts (as the CLI does)
     main()

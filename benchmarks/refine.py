@@ -44,7 +44,7 @@ def jax_model(n_blocks):
 
 
 def run_jax(args):
-    import jax_refine  # sets the XLA CPU flag before the backend starts
+    import jax_refine
     from jax_refine import refine
 
     image, mask = square_inputs(args.image, args.size)
@@ -68,7 +68,7 @@ def run_python_loop(args):
     import optax
     from flax import nnx
 
-    import jax_refine  # noqa: F401  (XLA flag)
+    import jax_refine
     from jax_refine import pyramid, refine
     from jax_refine.plan import pad_bottom_right, plan_scales, scale_operands
 

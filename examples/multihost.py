@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="images per run on this host's devices")
     parser.add_argument("--distributed", action="store_true", help="split the folder over the processes")
     args = parser.parse_args(argv)
+    jax_refine.configure_cpu()  # on CPU hosts: XLA's fast conv path; before the first JAX computation
     summary = jax_refine.inpaint_files(args.input, args.output, model=args.model, batch_size=args.batch_size,
                                        distributed=args.distributed, skip_existing=True, verbose=True)
     if summary.process == 0:

@@ -1,6 +1,7 @@
 """jax-refine: Big-LaMa inpainting in JAX with multi-scale feature refinement.
 
     import jax_refine
+    jax_refine.configure_cpu()                           # on CPU: XLA's fast conv path (before any JAX computation)
     result = jax_refine.inpaint(image, mask)             # bundled default model
     result = jax_refine.inpaint(image, mask, "big-lama")  # Big-LaMa: downloaded and converted on first use
     model = jax_refine.load("big-lama")                  # or a converted checkpoint path, or None (bundled)
@@ -9,20 +10,19 @@
 
 __version__ = "0.1.0"
 
-from . import _platform
-
-_platform.configure_xla()
-
+from ._platform import configure_cpu as configure_cpu
 from .api import InpaintInfo as InpaintInfo
 from .api import Progress as Progress
 from .api import default_model as default_model
-from .api import enable_compilation_cache as enable_compilation_cache
 from .api import estimate as estimate
 from .api import inpaint as inpaint
 from .api import inpaint_batch as inpaint_batch
 from .api import inpaint_batch_with_info as inpaint_batch_with_info
 from .api import inpaint_with_info as inpaint_with_info
 from .api import load as load
+from .compile_cache import CompilationCacheWarning as CompilationCacheWarning
+from .compile_cache import disable_compilation_cache as disable_compilation_cache
+from .compile_cache import enable_compilation_cache as enable_compilation_cache
 from .convert import convert as convert
 from .images import LargeHoleWarning as LargeHoleWarning
 from .jobs import JobInterrupted as JobInterrupted
@@ -44,8 +44,9 @@ from .plan import RefineConfig as RefineConfig
 from .refine import ScaleInfo as ScaleInfo
 
 __all__ = [
-    "BIG_LAMA", "BIG_LAMA_REGULAR", "LAMA_REGULAR", "TINY_LAMA", "CheckpointError", "InpaintInfo", "JobInterrupted",
-    "JobSummary", "Lama", "LamaConfig", "LargeHoleWarning", "MemoryEstimate", "Pix2PixHD", "Pix2PixHDConfig", "Progress",
-    "RefineConfig", "ScaleInfo", "UnsafePickleError", "convert", "default_model", "enable_compilation_cache", "estimate",
+    "BIG_LAMA", "BIG_LAMA_REGULAR", "LAMA_REGULAR", "TINY_LAMA", "CheckpointError", "CompilationCacheWarning",
+    "InpaintInfo", "JobInterrupted", "JobSummary", "Lama", "LamaConfig", "LargeHoleWarning", "MemoryEstimate", "Pix2PixHD",
+    "Pix2PixHDConfig", "Progress", "RefineConfig", "ScaleInfo", "UnsafePickleError", "configure_cpu", "convert",
+    "default_model", "disable_compilation_cache", "enable_compilation_cache", "estimate",
     "inpaint", "inpaint_batch", "inpaint_batch_with_info", "inpaint_files", "inpaint_with_info", "load", "save",
 ]

@@ -1,13 +1,12 @@
-"""XLA settings applied at import: the CPU conv fix of docs/xla-cpu.md §1.
+"""The CPU conv fix of docs/xla-cpu.md §1, as an explicit call: `jax_refine.configure_cpu()`.
 
 XLA-CPU in jaxlib 0.10.2 routes convolutions to YNNPACK fusions by default, and those are
 2.7-3x slower for the VALID convs that reflect padding feeds (every FFC conv). Disabling the
 YNN fusion types with `--xla_cpu_experimental_ynn_fusion_type=` restores the fast path.
 
-The flag is experimental and an unknown flag in XLA_FLAGS aborts the process, so it is set
-only for jaxlib versions it was tested with, only when the user's XLA_FLAGS does not mention
-it already, and never when JAX_REFINE_XLA_FLAGS=0. XLA reads XLA_FLAGS when the first
-backend starts, so import jax_refine before running JAX computations to get the fix.
+`import jax_refine` changes no environment variable; the `jax-refine` command calls
+`configure_cpu()` itself, and users of the Python API call it before their first JAX
+computation (XLA reads XLA_FLAGS once, when the first backend starts; a later call has no effect).
 """
 
 import importlib.metadata
@@ -17,8 +16,15 @@ YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 TESTED_JAXLIB = ("0.10.2",)
 
 
-def configure_xla() -> bool:
-    """Append the YNN flag to XLA_FLAGS when it is known to be safe; True if it is set."""
+def configure_cpu() -> bool:
+    """Append the YNN flag to the XLA_FLAGS environment variable when it is known to be safe;
+    True if the flag is set. Call it before the first JAX computation.
+
+    The flag is experimental and an unknown flag in XLA_FLAGS aborts the process, so it is
+    set only for the jaxlib versions it was tested with (TESTED_JAXLIB), only when XLA_FLAGS
+    does not mention it already (the user's choice wins), and never when
+    JAX_REFINE_XLA_FLAGS=0. It only affects the CPU backend.
+    """
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_experimental_ynn_fusion_type" in flags:
         return YNN_FLAG in flags.split()

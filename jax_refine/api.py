@@ -17,6 +17,7 @@ import numpy as np
 from . import plan, pyramid
 from . import refine as refine_lib
 from . import checkpoint
+from . import compile_cache
 from . import hub
 from .crop import hole_regions
 from .images import Source, check_hole, from_array, hole_map, source_of
@@ -77,7 +78,10 @@ def _load_cached(path: str, mtime: float, name: str | None) -> Lama:
 
 
 def resolve_model(model: Lama | str | os.PathLike | None) -> Lama:
-    """A Lama; or None, a known name or a checkpoint path as in `load` (loaded once, cached)."""
+    """A Lama; or None, a known name or a checkpoint path as in `load` (loaded once, cached).
+    Every entry point resolves its model before its first program, so this is also where the
+    default compilation cache is turned on (`compile_cache.use_default_cache`)."""
+    compile_cache.use_default_cache()
     if isinstance(model, Lama):
         return model
     if model is None or isinstance(model, (str, os.PathLike)):
@@ -86,22 +90,6 @@ def resolve_model(model: Lama | str | os.PathLike | None) -> Lama:
         return _load_cached(str(path), os.path.getmtime(meta) if meta.is_file() else 0.0,
                             model if _is_known_name(model) else None)
     raise TypeError(f"model must be a Lama, a known model name, a checkpoint path or None, got {type(model).__name__}")
-
-
-def enable_compilation_cache(path: str | os.PathLike) -> Path:
-    """Enable JAX's persistent compilation cache in directory `path` (created if needed).
-
-    Every compiled program is stored (no minimum compile time), so a later process running
-    the same model at the same padded image sizes skips compilation. Call it before the
-    first computation. The cache is trusted code: do not use a directory others can write.
-    """
-    import jax
-
-    path = Path(path).expanduser().absolute()
-    path.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    return path
 
 
 METHODS = ("refine", "plain")

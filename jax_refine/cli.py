@@ -28,7 +28,8 @@ import threading
 from pathlib import Path
 
 from . import __version__
-from .api import enable_compilation_cache
+from ._platform import configure_cpu
+from .compile_cache import MAX_BYTES, disable_compilation_cache, enable_compilation_cache
 from .files import LAMA_IMAGE_SUFFIXES, ItemError, UsageError, find_items, item_size, printable
 from .jobs import JobInterrupted, JobSettings, Terminated, run_items, start_distributed
 from .model import REMAT_POLICIES
@@ -142,9 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
                               "any case (repeatable, tried in order; default: " + " ".join(LAMA_IMAGE_SUFFIXES) + ")")
     inpaint.add_argument("--keep-ext", action="store_true",
                          help="IMAGEDIR modes: write OUTDIR/<stem> with the input's extension instead of .png")
-    inpaint.add_argument("--compilation-cache", metavar="DIR",
-                         help="persistent JAX compilation cache directory: later runs skip compiling "
-                              "(trusted: do not use a directory others can write)")
+    cache = inpaint.add_mutually_exclusive_group()
+    cache.add_argument("--compilation-cache", metavar="DIR",
+                       help="persistent JAX compilation cache directory, uncapped: later runs skip compiling "
+                            "(trusted: do not use a directory others can write; default: $JAX_REFINE_HOME/xla, "
+                            f"capped at {MAX_BYTES / 2**30:g} GiB)")
+    cache.add_argument("--no-compilation-cache", action="store_true",
+                       help="compile everything anew, keep nothing (also: JAX_REFINE_COMPILATION_CACHE=0)")
     inpaint.add_argument("--dry-run", action="store_true",
                          help="print each image's expected peak memory (jax_refine.estimate) and write nothing")
     inpaint.add_argument("--report", action="store_true",
@@ -278,6 +283,8 @@ def run_inpaint(args) -> int:
                                                     args.keep_ext)
     if args.compilation_cache:
         enable_compilation_cache(args.compilation_cache)
+    elif args.no_compilation_cache:
+        disable_compilation_cache()
     model = _load_model(args.model) if any(item.problem is None for item in items) else None
     if model is not None:  # unset refinement options take the model's recommended settings
         settings = dataclasses.replace(settings, config=refine_config_from_args(args, model))
@@ -311,6 +318,7 @@ def dry_run(items, model, method: str, config: RefineConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `jax-refine` command with `argv` (default: sys.argv[1:]); returns the exit status."""
+    configure_cpu()  # before JAX starts its backend (docs/xla-cpu.md §1)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -44,10 +44,11 @@ def pull_push(image: jax.Array, mask: jax.Array, smoothing: int = SMOOTHING_STEP
         levels.append((colour, weight))
     fill = levels[-1][0]
     for colour, weight in reversed(levels[:-1]):
+        known, unknown = weight * colour, 1 - weight
         coarse = _upsample(fill)[:, : colour.shape[1], : colour.shape[2]]
-        fill = weight * colour + (1 - weight) * coarse
-        for _ in range(smoothing):
-            fill = weight * colour + (1 - weight) * _neighbour_mean(fill)
+        # one traced Jacobi step per level, not `smoothing`: the program stays small to compile
+        fill = jax.lax.fori_loop(0, smoothing, lambda _, f: known + unknown * _neighbour_mean(f),
+                                 known + unknown * coarse)
     return fill
 
 
@@ -71,8 +72,8 @@ def _upsample(x):
     2i takes 3/4 of input i and 1/4 of i - 1, output 2i + 1 3/4 of i and 1/4 of i + 1."""
     for axis in (1, 2):
         n = x.shape[axis]
-        before = jnp.take(x, jnp.maximum(jnp.arange(n) - 1, 0), axis=axis)
-        after = jnp.take(x, jnp.minimum(jnp.arange(n) + 1, n - 1), axis=axis)
+        padded = _edge_pad(x, axis)
+        before, after = (jax.lax.slice_in_dim(padded, start, start + n, axis=axis) for start in (0, 2))
         even, odd = 0.75 * x + 0.25 * before, 0.75 * x + 0.25 * after
         x = jnp.stack([even, odd], axis=axis + 1).reshape(x.shape[:axis] + (2 * n,) + x.shape[axis + 1:])
     return x
@@ -80,5 +81,11 @@ def _upsample(x):
 
 def _neighbour_mean(x):
     """Mean of the 4 neighbours of each pixel (edge pixels repeat themselves)."""
-    p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    p = _edge_pad(_edge_pad(x, 1), 2)
     return 0.25 * (p[:, :-2, 1:-1] + p[:, 2:, 1:-1] + p[:, 1:-1, :-2] + p[:, 1:-1, 2:])
+
+
+def _edge_pad(x, axis):
+    """x with its first and last slice along `axis` repeated once on either side."""
+    first, last = jax.lax.slice_in_dim(x, 0, 1, axis=axis), jax.lax.slice_in_dim(x, -1, None, axis=axis)
+    return jnp.concatenate([first, x, last], axis=axis)

@@ -1,10 +1,19 @@
 """Shared fixtures: the golden fixtures of the original PyTorch LaMa and the converted tiny model."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import jax_refine
+
+# What the CLI does and the README asks of Python users: XLA's fast CPU conv path, set before
+# any test starts JAX's backend; subprocesses inherit it. Tests are hermetic: no default
+# compilation cache in the user's home (tests/test_compile_cache.py turns it on explicitly).
+jax_refine.configure_cpu()
+os.environ["JAX_REFINE_COMPILATION_CACHE"] = "0"
 
 GOLDEN = Path(__file__).resolve().parent / "golden"  # see golden/README.md
 GOLDEN_IMAGES = ["astronaut_251x317", "coffee_300x400", "chelsea_240x296"]

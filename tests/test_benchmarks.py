@@ -74,3 +74,15 @@ def test_quality_benchmark_writes_its_table(heldout_data, tmp_path):
 def test_crop_benchmark_compares_crops_with_the_whole_image(heldout_data):
     out = run_benchmark("crop", "--data", str(heldout_data), "--size", "800", "--margin", "32")
     assert "dune" in out
+
+
+@pytest.mark.slow
+def test_startup_benchmark_runs_the_command_twice_from_one_cache(tmp_path):
+    photo = Image.open(ROOT / "examples" / "dune.png").crop((624, 64, 720, 128))
+    photo.save(tmp_path / "photo.png")
+    Image.open(ROOT / "examples" / "dune_mask.png").crop((624, 64, 720, 128)).save(tmp_path / "photo_mask.png")
+    out = run_benchmark("startup", "--image", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "photo_mask.png"))
+    rows = [line.split() for line in out.splitlines() if line[:1] in "12" and len(line.split()) == 11]
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert rows[0][-1] == "0" and int(rows[1][-1]) > 0  # cache hits: none from the empty cache, then every program
+    assert "second / first run" in out

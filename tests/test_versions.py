@@ -65,7 +65,7 @@ for name in blocked:
 import jax_refine
 from jax_refine import _compat, jobs
 print("imported", jax_refine.__version__)
-print("single process:", jobs._Group(True).count)
+print("single process:", jobs._Group(True, "job").count)
 try:
     _compat.coordination_client()
 except jax_refine.files.UsageError as e:

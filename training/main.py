@@ -330,6 +330,7 @@ def benchmark(args) -> int:
 
 
 def main(argv=None) -> int:
+    jax_refine.configure_cpu()  # XLA's fast CPU conv path, before the first JAX computation
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--out", type=Path, help="run folder (config, log, checkpoints, samples, export)")
