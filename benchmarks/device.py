@@ -201,8 +201,9 @@ def run_jax(row: Row, args, result: dict, started: float) -> None:
         output["scales"] = [[s.size[0], s.iterations, round(s.seconds, 3)] for s in scales]
 
     timed_calls(call, result, args)
-    stats = jax.devices()[0].memory_stats()
-    peak, kind = (stats["peak_bytes_in_use"], "device") if stats else (peak_rss_gib() * GIB, "RSS")
+    stats = jax.devices()[0].memory_stats() or {}  # none on CPU
+    peak, kind = (stats["peak_bytes_in_use"], "device") if "peak_bytes_in_use" in stats else \
+        (peak_rss_gib() * GIB, "RSS")
     np.save(args.work / f"{row.name}.npy", output["out"][0][mask > 0.5])  # the hole, for the dtype comparison
     result.update(compile_s=compiled["s"], peak_bytes=int(peak), memory_kind=kind, scales=output["scales"])
 
@@ -276,6 +277,10 @@ def worker(args) -> None:
 # --------------------------------------------------------------------------------------
 # The run: rows within the budget, the table, the JSON
 # --------------------------------------------------------------------------------------
+
+
+def as_json(rows: list[Row]) -> str:
+    return json.dumps([dataclasses.asdict(row) for row in rows])
 
 
 def minimum_seconds(row: Row, finished: list[dict]) -> float | None:
@@ -364,7 +369,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("device-results.json"))
     parser.add_argument("--budget-s", type=float, default=420.0)
-    parser.add_argument("--sizes", default="1024,2048,4096")
+    parser.add_argument("--sizes", default="1024,2048,4096", help='measured sizes ("": estimates only)')
     parser.add_argument("--detail-size", type=int, default=2048, help="size of the remat and kernel rows")
     parser.add_argument("--estimate-size", type=int, help="size of the estimate-only rows (default: the largest)")
     parser.add_argument("--model", choices=sorted(MODELS), default="big")
@@ -384,7 +389,9 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s]  # none: the estimate-only rows alone
+    if not (sizes or args.estimate_size):
+        parser.error("give --sizes, --estimate-size or both")
     start, deadline = time.monotonic(), time.time() + args.budget_s
     common = ["--model", args.model, "--n-iters", str(args.n_iters), "--min-side", str(args.min_side),
               "--repeats", str(args.repeats), "--repeat-s", str(args.repeat_s), "--image", str(args.image),
@@ -414,9 +421,8 @@ def main() -> None:
                 continue
             print(f"{row.name} ({remaining:.0f} s left)", file=sys.stderr, flush=True)
             began = time.monotonic()
-            answer = worker_result(__file__, ["--worker", "row", "--rows", json.dumps([dataclasses.asdict(row)]),
-                                              "--work", work, "--deadline", str(deadline), *common],
-                                   WORKER_ENV, timeout=remaining)
+            answer = worker_result(__file__, ["--worker", "row", "--rows", as_json([row]), "--work", work,
+                                              "--deadline", str(deadline), *common], WORKER_ENV, timeout=remaining)
             r.update(outcome(*answer, time.monotonic() - began))
             print(json.dumps({k: v for k, v in r.items() if k != "error"}), file=sys.stderr, flush=True)
             save()
@@ -426,8 +432,8 @@ def main() -> None:
             expect = max((x["compile_s"] for x in results if x["status"] == "measured" and x["framework"] == "jax"
                           and x["method"] == "refine"), default=0.0)
             answer, status, stderr = worker_result(
-                __file__, ["--worker", "estimates", "--rows", json.dumps([dataclasses.asdict(row) for row, _ in estimates]),
-                           "--work", work, "--deadline", str(deadline), "--expect-s", str(expect), *common],
+                __file__, ["--worker", "estimates", "--rows", as_json([row for row, _ in estimates]), "--work", work,
+                           "--deadline", str(deadline), "--expect-s", str(expect), *common],
                 WORKER_ENV, timeout=remaining)
             for row, r in estimates:
                 if row.name in (answer or {}).get("rows", {}):
