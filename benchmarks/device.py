@@ -119,8 +119,9 @@ def refine_config(row: Row, args):
 
 def random_model(model: str, kernels: str):
     """A generator of `model`'s configuration with random weights, in inference mode. Each
-    residual block's last BatchNorm is scaled by 0.1, as tests/reference's `randomize` does,
-    so that 18 blocks do not drive the sigmoid output to 0 and 1."""
+    residual block's last BatchNorm is scaled by 0.1, as tests/reference's `randomize` does
+    (without it, 18 blocks saturate Big-LaMa's sigmoid output: the dtype comparison would
+    compare zeros and ones)."""
     from flax import nnx
 
     import jax_refine
