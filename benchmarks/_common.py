@@ -70,12 +70,25 @@ def report(result: dict) -> None:
     print(RESULT + json.dumps(result), flush=True)
 
 
+def worker_result(script: str, args: list[str], env: dict | None = None, timeout: float | None = None):
+    """Runs `python script args` in a fresh process, killed after `timeout` seconds: returns
+    (the last dict it `report`ed or None, its exit status (None: timed out), its stderr)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    try:
+        done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env,
+                              timeout=timeout)
+        stdout, status, stderr = done.stdout, done.returncode, done.stderr
+    except subprocess.TimeoutExpired as e:  # what it reported before it was killed still counts
+        stdout, stderr = (x.decode(errors="replace") if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr))
+        status = None
+    lines = [line for line in stdout.splitlines() if line.startswith(RESULT)]
+    return (json.loads(lines[-1][len(RESULT):]) if lines else None), status, stderr
+
+
 def run_worker(script: str, args: list[str], env: dict | None = None) -> dict:
     """Runs `python script args` in a fresh process and returns the dict it `report`ed;
     exits with the worker's stderr tail if it failed."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    done = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
-    if done.returncode != 0 or not lines:
-        sys.exit(f"{Path(script).name} {' '.join(args)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len(RESULT):])
+    result, status, stderr = worker_result(script, args, env)
+    if status != 0 or result is None:
+        sys.exit(f"{Path(script).name} {' '.join(args)} failed (exit {status}):\n{stderr[-3000:]}")
+    return result
