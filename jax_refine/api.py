@@ -20,7 +20,7 @@ from . import checkpoint
 from . import hub
 from .crop import hole_regions
 from .images import Source, check_hole, from_array, hole_map, source_of
-from .model import Lama
+from .contract import Generator
 from .memory import MemoryEstimate, estimate_memory
 from .plan import RefineConfig, model_defaults
 from .refine import ScaleInfo
@@ -37,13 +37,13 @@ BUNDLED_WEIGHTS = next((p for p in _BUNDLED_CANDIDATES if (p / "jax_refine.json"
 # --------------------------------------------------------------------------------------
 
 
-def default_model() -> Lama:
+def default_model() -> Generator:
     """The model bundled with the package (see weights/README.md)."""
     return resolve_model(None)
 
 
-def load(model: str | os.PathLike | None = None) -> Lama:
-    """A new inference-mode Lama from `model`: None for the bundled default, a known name
+def load(model: str | os.PathLike | None = None) -> Generator:
+    """A new inference-mode generator (`contract.Generator`) from `model`: None for the bundled default, a known name
     ("big-lama": downloaded, verified, converted and cached on first use, see
     `jax_refine.hub`), or the path of a converted checkpoint directory (a path that exists
     wins over a name)."""
@@ -65,20 +65,20 @@ def checkpoint_path(model: str | os.PathLike | None) -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(path: str, mtime: float) -> Lama:
+def _load_cached(path: str, mtime: float) -> Generator:
     del mtime  # part of the cache key only: a rewritten checkpoint is loaded again
     return checkpoint.load(path)
 
 
-def resolve_model(model: Lama | str | os.PathLike | None) -> Lama:
-    """A Lama; or None, a known name or a checkpoint path as in `load` (loaded once, cached)."""
-    if isinstance(model, Lama):
+def resolve_model(model: Generator | str | os.PathLike | None) -> Generator:
+    """A generator (`contract.Generator`, e.g. a `model.Lama`); or None, a known name or a checkpoint path as in `load` (loaded once, cached)."""
+    if isinstance(model, Generator):
         return model
     if model is None or isinstance(model, (str, os.PathLike)):
         path = checkpoint_path(model)
         meta = path / "jax_refine.json"
         return _load_cached(str(path), os.path.getmtime(meta) if meta.is_file() else 0.0)
-    raise TypeError(f"model must be a Lama, a known model name, a checkpoint path or None, got {type(model).__name__}")
+    raise TypeError(f"model must be a generator (contract.Generator), a known model name, a checkpoint path or None, got {type(model).__name__}")
 
 
 def enable_compilation_cache(path: str | os.PathLike) -> Path:
@@ -107,7 +107,7 @@ def _multiscale(method: str) -> bool:
     return method == "refine"
 
 
-def estimate(image_size: tuple[int, int], model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
+def estimate(image_size: tuple[int, int], model: Generator | str | os.PathLike | None = None, *, method: str = "refine",
              config: RefineConfig | None = None, batch: int = 1) -> MemoryEstimate:
     """Expected peak memory of `inpaint` on `batch` images of `image_size` (height, width) on the
     current backend, without running it (each scale's program is compiled; see MemoryEstimate).
@@ -153,7 +153,7 @@ class InpaintInfo:
     hole_fraction: float = 0.0  # share of the image's pixels that are hole
 
 
-def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
+def inpaint(image, mask, model: Generator | str | os.PathLike | None = None, *, method: str = "refine",
             config: RefineConfig | None = None, progress: bool | Callable[[Progress], None] | None = None,
             crop_margin: int | None = None, devices=None, mask_threshold: float = 0.0):
     """Inpaint the holes of `image` given by `mask` with LaMa, by default with multi-scale refinement.
@@ -169,7 +169,7 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, metho
         on a transparent layer). A hole is a value above mask_threshold times the full scale
         (255 for uint8 and 8-bit images, 65535 for uint16 and 16-bit images, 1 otherwise).
         A hole over half the image gives a `LargeHoleWarning`.
-      model: a loaded `Lama`, a known model name ("big-lama", downloaded and converted on
+      model: a loaded generator (`contract.Generator`, e.g. `model.Lama`), a known model name ("big-lama", downloaded and converted on
         first use), a path to a converted checkpoint directory, or None for the bundled
         default model.
       method: "refine", multi-scale feature refinement (Kulshreshtha et al. 2022), or
@@ -195,7 +195,7 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, metho
                              crop_margin=crop_margin, devices=devices, mask_threshold=mask_threshold)[0]
 
 
-def inpaint_with_info(image, mask, model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
+def inpaint_with_info(image, mask, model: Generator | str | os.PathLike | None = None, *, method: str = "refine",
                       config: RefineConfig | None = None, progress: bool | Callable[[Progress], None] | None = None,
                       crop_margin: int | None = None, devices=None,
                       mask_threshold: float = 0.0) -> tuple[object, InpaintInfo]:
@@ -220,7 +220,7 @@ def inpaint_with_info(image, mask, model: Lama | str | os.PathLike | None = None
     return source.restore(filled, hole), info
 
 
-def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
+def inpaint_batch(images, masks, model: Generator | str | os.PathLike | None = None, *, method: str = "refine",
                   config: RefineConfig | None = None, devices=None, batch_size: int | None = None,
                   progress: bool | Callable[[Progress], None] | None = None, mask_threshold: float = 0.0) -> list:
     """Inpaint many images: images of one `batch_key` (without refinement the same padded
@@ -244,7 +244,7 @@ def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, 
                                    batch_size=batch_size, progress=progress, mask_threshold=mask_threshold)[0]
 
 
-def inpaint_batch_with_info(images, masks, model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
+def inpaint_batch_with_info(images, masks, model: Generator | str | os.PathLike | None = None, *, method: str = "refine",
                             config: RefineConfig | None = None, devices=None, batch_size: int | None = None,
                             progress: bool | Callable[[Progress], None] | None = None,
                             mask_threshold: float = 0.0) -> tuple[list, list[InpaintInfo]]:
@@ -284,7 +284,7 @@ def inpaint_batch_with_info(images, masks, model: Lama | str | os.PathLike | Non
     return results, infos
 
 
-def batch_key(size: tuple[int, int], method: str, model: Lama | str | os.PathLike | None,
+def batch_key(size: tuple[int, int], method: str, model: Generator | str | os.PathLike | None,
               config: RefineConfig | None = None) -> tuple:
     """Images with equal keys can share a run: for "plain" the same size padded to the model's
     modulo; for "refine" `plan.run_key` (every pyramid level of `config` pads to the same

@@ -302,7 +302,7 @@ class _Group:
 def run_items(items: list[Item], model, settings: JobSettings, *, shared_mask: Path | None = None,
               distributed: bool = False, verbose: bool = False, report_folder: Path | None = None,
               outer_bar: bool = True) -> JobSummary:
-    """Inpaint `items` (see the module docstring); `model` a Lama (None when every item
+    """Inpaint `items` (see the module docstring); `model` a `contract.Generator` (None when every item
     already has a problem). Returns the whole job's summary."""
     start = time.perf_counter()
     if model is not None and settings.method == "refine" and settings.config.modulo % model.config.modulo:

@@ -9,7 +9,7 @@ import sys
 import jax
 from flax import nnx
 
-from .model import Lama
+from .contract import Generator
 from .plan import RefineConfig, plan_scales
 from .refine import programs
 
@@ -48,7 +48,7 @@ def _resident_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
-def estimate_memory(model: Lama, height: int, width: int, *, batch: int = 1, multiscale: bool = True,
+def estimate_memory(model: Generator, height: int, width: int, *, batch: int = 1, multiscale: bool = True,
                     config: RefineConfig = RefineConfig()) -> MemoryEstimate:
     """Peak memory of `refine.multiscale` (or, with multiscale=False, `refine.predict`) on `batch`
     images of height x width, without running it: each scale's program is compiled (XLA's

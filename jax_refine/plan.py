@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import pyramid
-from .model import REMAT_POLICIES, TAIL_TILE_PIXELS, Lama
+from .contract import Generator
+from .model import REMAT_POLICIES, TAIL_TILE_PIXELS
 
 SCALE_SCHEDULES = ("halving", "adaptive")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -113,7 +114,7 @@ class RefineConfig:
             raise ValueError("invalid RefineConfig: " + "; ".join(problems))
 
 
-def model_defaults(model: Lama) -> RefineConfig:
+def model_defaults(model: Generator) -> RefineConfig:
     """The RefineConfig a model recommends: LaMa's defaults with its `refine_defaults` over them."""
     try:
         return RefineConfig(**dict(model.config.refine_defaults))

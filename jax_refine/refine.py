@@ -31,7 +31,7 @@ from flax import nnx
 
 from . import pyramid
 from .losses import reference_hole, refinement_loss
-from .model import Lama, model_input
+from .contract import Generator, model_input
 from .placement import Placement
 from .plan import (RefineConfig, ScaleOperands, ScalePlan, image_pyramid, pad_bottom_right, padded, plan_key,
                    plan_scales, reference_frame, scale_operands)
@@ -70,7 +70,7 @@ class Controls(NamedTuple):
 # --------------------------------------------------------------------------------------
 
 
-def _compute_model(graphdef, state, compute_dtype: str) -> Lama:
+def _compute_model(graphdef, state, compute_dtype: str) -> Generator:
     """The model with its floating-point weights and statistics cast to compute_dtype."""
     dtype = jnp.dtype(compute_dtype)
     if dtype != jnp.float32:
@@ -195,7 +195,7 @@ class Program(NamedTuple):
     kwargs: dict
 
 
-def programs(model: Lama, height: int, width: int, *, batch: int = 1, multiscale: bool = True,
+def programs(model: Generator, height: int, width: int, *, batch: int = 1, multiscale: bool = True,
              config: RefineConfig = RefineConfig()) -> list[Program]:
     """The programs `multiscale` (or with multiscale=False `predict`) runs for `batch` images of
     height x width, one per scale, with shape/dtype structs as arguments (for `memory` and
@@ -230,7 +230,7 @@ def programs(model: Lama, height: int, width: int, *, batch: int = 1, multiscale
 # --------------------------------------------------------------------------------------
 
 
-def predict(model: Lama, image: np.ndarray, mask: np.ndarray, *, pad_mode: str = "symmetric", devices=None,
+def predict(model: Generator, image: np.ndarray, mask: np.ndarray, *, pad_mode: str = "symmetric", devices=None,
             spatial: bool = False):
     """LaMa's plain prediction. image (B, H, W, 3) float32 [0, 1]; mask (B, H, W, 1) binary.
 
@@ -258,7 +258,7 @@ class ScaleInfo:
     iterations: int = 0           # forward passes run (n_iters unless stopped early; 1 for the coarsest)
 
 
-def multiscale(model: Lama, image, mask, config: RefineConfig = RefineConfig(), *,
+def multiscale(model: Generator, image, mask, config: RefineConfig = RefineConfig(), *,
                on_scale: Callable | None = None, on_iteration: Callable | None = None, devices=None,
                spatial: bool = False):
     """Multi-scale refinement of a batch of images that share a `plan.run_key`.
