@@ -324,19 +324,17 @@ def _inpaint_group(sources: list[Source], holes: list[np.ndarray], model, multis
     on_scale, on_iteration, close = _progress_hooks(progress, config)
     try:
         outs, scales = refine_lib.multiscale(model, [sources[i].rgb for i in todo],
-                                         [holes[i][..., None].astype(np.float32) for i in todo], config,
-                                         on_scale=on_scale, on_iteration=on_iteration, devices=devices, spatial=spatial)
+                                             [holes[i][..., None].astype(np.float32) for i in todo], config,
+                                             on_scale=on_scale, on_iteration=on_iteration, devices=devices,
+                                             spatial=spatial, upscale=config.full_size_output)
     finally:
         close()
     for k, (out, i) in enumerate(zip(outs, todo)):
         own = plan.plan_scales(*holes[i].shape, config)  # this image's sizes and losses in the run's scales
         infos[i] = InpaintInfo(True, [dataclasses.replace(s, size=p.size, losses=s.losses[:, k:k + 1])
-                                      for s, p in zip(scales, own)], out.shape[:2])
-        if out.shape[:2] == holes[i].shape:
+                                      for s, p in zip(scales, own)], own[-1].size)
+        if out.shape[:2] == holes[i].shape:  # at full size, or upscaled on the device (full_size_output)
             results[i] = sources[i].restore(np.clip(out, 0.0, 1.0), holes[i])
-        elif config.full_size_output:  # upscale the fill into the full-resolution image
-            full = np.asarray(pyramid.resize(out[None], *holes[i].shape))[0]
-            results[i] = sources[i].restore(np.clip(full, 0.0, 1.0), holes[i])
         else:  # the original's behaviour: the result stays at the reduced size
             base = np.asarray(pyramid.resize(sources[i].channels[None], *out.shape[:2]))[0]
             results[i] = sources[i].restore(np.clip(out, 0.0, 1.0), np.ones(out.shape[:2], bool), base)
