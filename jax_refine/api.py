@@ -22,7 +22,7 @@ from .crop import hole_regions
 from .images import Source, check_hole, from_array, hole_map, source_of
 from .contract import Generator
 from .memory import MemoryEstimate, estimate_memory
-from .plan import RefineConfig, model_defaults
+from .plan import RefineConfig
 from .refine import ScaleInfo
 
 # The default model ships in the repository's weights/default; a wheel installs that folder as
@@ -64,14 +64,25 @@ def checkpoint_path(model: str | os.PathLike | None) -> Path:
     return path.absolute()
 
 
-@functools.lru_cache(maxsize=4)
+MODEL_CACHE_SIZE = 1  # models named by None, name or path that `resolve_model` keeps loaded
+
+
+@functools.lru_cache(maxsize=MODEL_CACHE_SIZE)
 def _load_cached(path: str, mtime: float) -> Generator:
     del mtime  # part of the cache key only: a rewritten checkpoint is loaded again
     return checkpoint.load(path)
 
 
+def forget_models() -> None:
+    """Release the model(s) `resolve_model` keeps loaded (see there)."""
+    _load_cached.cache_clear()
+
+
 def resolve_model(model: Generator | str | os.PathLike | None) -> Generator:
-    """A generator (`contract.Generator`, e.g. a `model.Lama`); or None, a known name or a checkpoint path as in `load` (loaded once, cached)."""
+    """A generator (`contract.Generator`, e.g. a `model.Lama`) as given; or one loaded from None,
+    a known name or a checkpoint path as in `load`. The most recently loaded MODEL_CACHE_SIZE
+    (one) stays loaded, so calls naming the same model load it once; naming another replaces
+    it, and `forget_models()` releases it. To own a model's lifetime, pass what `load` returns."""
     if isinstance(model, Generator):
         return model
     if model is None or isinstance(model, (str, os.PathLike)):
@@ -120,8 +131,9 @@ def estimate(image_size: tuple[int, int], model: Generator | str | os.PathLike |
 
 
 def _config(config: RefineConfig | None, model) -> RefineConfig:
-    """`config`, or when None the model's own recommended settings (`refine.model_defaults`)."""
-    return model_defaults(resolve_model(model)) if config is None else config
+    """`config`, or when None the model's own recommended settings (`plan.resolve_config`; the
+    model is loaded only then)."""
+    return plan.resolve_config(None if config is not None else resolve_model(model), config)
 
 
 # --------------------------------------------------------------------------------------
@@ -204,6 +216,8 @@ def inpaint_with_info(image, mask, model: Generator | str | os.PathLike | None =
     source = source_of(image)
     hole = hole_map(mask, source.rgb.shape[:2], mask_threshold)
     fraction = check_hole(hole)
+    if multiscale and hole.any():  # resolved once for every crop
+        config = _config(config, model)
     if crop_margin is None:
         [result], [info] = _inpaint_group([source], [hole], model, multiscale, config, progress, devices,
                                           spatial=True)
@@ -270,6 +284,8 @@ def inpaint_batch_with_info(images, masks, model: Generator | str | os.PathLike 
         except ValueError as e:
             raise ValueError(f"image {index}: {e}") from None
         fractions.append(check_hole(holes[-1], f"image {index}: "))
+    if multiscale and any(hole.any() for hole in holes):  # resolved once for every run
+        config = _config(config, model)
     groups: dict[tuple, list[int]] = {}
     for index, source in enumerate(sources):
         groups.setdefault(batch_key(source.rgb.shape[:2], method, model, config), []).append(index)

@@ -27,7 +27,7 @@ from .api import enable_compilation_cache
 from .files import LAMA_IMAGE_SUFFIXES, ItemError, UsageError, find_items, item_size
 from .jobs import JobSettings, run_items, start_distributed
 from .model import REMAT_POLICIES
-from .plan import COMPUTE_DTYPES, SCALE_SCHEDULES, RefineConfig, model_defaults
+from .plan import COMPUTE_DTYPES, SCALE_SCHEDULES, RefineConfig, resolve_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -191,12 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def refine_config_from_args(args, model=None) -> RefineConfig:
     """The RefineConfig of the parsed options over the model's recommended settings (LaMa's
-    defaults without a model); invalid values raise UsageError."""
+    defaults without a model; `plan.resolve_config`); invalid values raise UsageError."""
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(RefineConfig)
               if getattr(args, field.name) is not None}
     try:
-        base = RefineConfig() if model is None else model_defaults(model)
-        return dataclasses.replace(base, **values)
+        return resolve_config(model, None, **values)
     except ValueError as e:
         message = str(e).replace("invalid RefineConfig: ", "")
         for name in values:  # name the options, not the dataclass fields
@@ -245,7 +244,7 @@ def _load_model(path):
 def _job_settings(args) -> JobSettings:
     """The JobSettings of the parsed options; invalid values raise UsageError naming the options."""
     try:
-        return JobSettings(args.method, refine_config_from_args(args), args.mask_threshold, args.batch_size,
+        return JobSettings(args.method, None, args.mask_threshold, args.batch_size,
                            args.crop_margin, args.overwrite, args.skip_existing, args.report, args.report_plot)
     except UsageError as e:
         message = str(e)
@@ -271,8 +270,8 @@ def run_inpaint(args) -> int:
     if args.compilation_cache:
         enable_compilation_cache(args.compilation_cache)
     model = _load_model(args.model) if any(item.problem is None for item in items) else None
-    if model is not None:  # unset refinement options take the model's recommended settings
-        settings = dataclasses.replace(settings, config=refine_config_from_args(args, model))
+    # unset refinement options take the model's recommended settings
+    settings = dataclasses.replace(settings, config=refine_config_from_args(args, model))
     if args.dry_run:
         return dry_run(items, model, settings.method, settings.config)
     summary = run_items(items, model, settings, shared_mask=shared_mask, distributed=args.distributed,

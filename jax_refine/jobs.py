@@ -40,7 +40,7 @@ from .files import (Item, ItemError, UsageError, check_outputs, find_items, item
                     output_complete, remove_stale_partials, save_atomic, write_atomic)
 from .api import batch_key, inpaint_batch_with_info, inpaint_with_info, resolve_model
 from .images import MAX_HOLE_FRACTION, LargeHoleWarning, check_mask_threshold
-from .plan import RefineConfig, budget_size, model_defaults
+from .plan import RefineConfig, budget_size, resolve_config
 
 PREFETCH = 2      # batches decoded ahead of the one the devices run
 WRITE_BEHIND = 2  # computed batches being encoded and written
@@ -56,7 +56,7 @@ class JobSettings:
     """How a job inpaints and writes (see `inpaint_files` for each field)."""
 
     method: str = "refine"
-    config: RefineConfig = RefineConfig()
+    config: RefineConfig | None = RefineConfig()  # None until `plan.resolve_config` decides it
     mask_threshold: float = 0.0
     batch_size: int = 1
     crop_margin: int | None = None
@@ -151,12 +151,11 @@ def inpaint_files(source, output, mask=None, *, model=None, method: str = "refin
     """
     if distributed:
         start_distributed(coordinator, num_processes, process_id)
-    settings = JobSettings(method, config or RefineConfig(), mask_threshold, batch_size, crop_margin, overwrite,
+    settings = JobSettings(method, config, mask_threshold, batch_size, crop_margin, overwrite,
                            skip_existing)
     items, shared_mask, mode = find_items(source, mask, output, image_suffixes, keep_ext)
     model = resolve_model(model) if any(item.problem is None for item in items) else None
-    if config is None and model is not None:  # the model's recommended settings
-        settings = dataclasses.replace(settings, config=model_defaults(model))
+    settings = dataclasses.replace(settings, config=resolve_config(model, config))
     return run_items(items, model, settings, shared_mask=shared_mask, distributed=distributed, verbose=verbose,
                      report_folder=None if mode == "single" else Path(output), outer_bar=mode != "single")
 

@@ -29,6 +29,15 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 class RefineConfig:
     """Refinement settings; the defaults are LaMa's (configs/prediction/default.yaml).
 
+    One dataclass on purpose, though it holds four concerns (the algorithm: n_iters, lr,
+    erosion; the pyramid: min_side, max_scales, scale_schedule, px_budget, modulo,
+    full_size_output; early stopping; memory and dtype: remat, tile_pixels, compute_dtype):
+    users set them together for one call, the command line has one option per field, and a
+    checkpoint's `refine_defaults` may recommend any of them. The code reads narrow views:
+    planning the pyramid fields (`plan_scales`), a compiled program its static
+    `refine.ProgramSettings` and dynamic `refine.Controls`. It is decided once per run by
+    `resolve_config`.
+
     Attributes:
       n_iters: forward passes per refined scale (n_iters - 1 Adam steps; the last forward
         gives the result).
@@ -113,6 +122,15 @@ class RefineConfig:
             problems.append(f"modulo must be a multiple of 8 (the generator's stride), got {self.modulo}")
         if problems:
             raise ValueError("invalid RefineConfig: " + "; ".join(problems))
+
+
+def resolve_config(model: Generator | None, config: RefineConfig | None = None, **overrides) -> RefineConfig:
+    """The one place a run's RefineConfig is decided (api, jobs and cli call it): `config` if
+    given, else the model's recommended settings (`model_defaults`; LaMa's defaults without a
+    model), with `overrides` (RefineConfig fields, e.g. command-line options) over it.
+    ValueError for invalid values."""
+    base = config if config is not None else RefineConfig() if model is None else model_defaults(model)
+    return dataclasses.replace(base, **overrides) if overrides else base
 
 
 def model_defaults(model: Generator) -> RefineConfig:

@@ -119,7 +119,7 @@ def _refine_program(graphdef, state, operands: ScaleOperands, controls: Controls
                     settings: ProgramSettings, report=False):
     """One refined scale: at most n_iters forwards and n_iters - 1 Adam steps in a while_loop,
     stopping early once every image's relative loss improvement over `controls.stop_window`
-    iterations is below `controls.stop_tol`. report: call the registered hook of `hook_token`
+    iterations is below `controls.stop_tol`. report: report to the hook of `hook_token` (`PROGRESS`)
     after every forward. Returns (composite (B, Hp, Wp, 3), losses (n_iters, B), zero after the
     stop, forwards used (int32))."""
     z, loss_fn = scale_problem(graphdef, state, operands, settings)
@@ -139,7 +139,7 @@ def _refine_program(graphdef, state, operands: ScaleOperands, controls: Controls
         i, z, opt_state, losses, _, _ = carry
         (_, (per_image, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(z)
         if report:
-            jax.debug.callback(_report_iteration, hook_token, i, per_image)
+            jax.debug.callback(PROGRESS.dispatch, hook_token, i, per_image)
         losses = losses.at[i].set(per_image)
         stopped = converged(losses, i)
         updates, opt_state = tx.update(grads, opt_state, z)
@@ -154,36 +154,47 @@ def _refine_program(graphdef, state, operands: ScaleOperands, controls: Controls
     def last_forward():
         _, (per_image, pred) = loss_fn(z)
         if report:
-            jax.debug.callback(_report_iteration, hook_token, n_iters - 1, per_image)
+            jax.debug.callback(PROGRESS.dispatch, hook_token, n_iters - 1, per_image)
         return pred, losses.at[n_iters - 1].set(per_image), jnp.int32(n_iters)
 
     pred, losses, used = jax.lax.cond(stopped, lambda: (pred, losses, i), last_forward)
     return mask * pred + (1 - mask) * image, losses, used
 
 
-# Progress inside compiled loops: the program calls one fixed function with a token (a traced
-# int, so no recompilation), and the function forwards to the hook registered under that token
-# for the duration of a call. XLA runs host callbacks on its own threads, so a context variable
-# would not be seen there.
-_hooks: dict[int, Callable] = {}
-_next_token = itertools.count(1)
+class ProgressChannel:
+    """How a compiled refinement program reports its iterations to the run that called it.
+
+    A compiled program can call back into Python only through a function fixed when it was
+    traced (`jax.debug.callback`): a new callable per run, or per hook, would be a new program,
+    compiled again. So every program calls `dispatch` of the one channel `PROGRESS` with a
+    token that is data (a traced int32, so no recompilation), and the channel forwards to the
+    hook that the run in progress registered under that token (`open`). XLA runs host
+    callbacks on its own threads, where a context variable set by the run is not seen: hence
+    a table. It holds the hooks of the runs in progress only; token 0 reports to nobody.
+    """
+
+    def __init__(self):
+        self._hooks: dict[int, Callable] = {}
+        self._tokens = itertools.count(1)
+
+    def dispatch(self, token, i, per_image) -> None:
+        hook = self._hooks.get(int(token))
+        if hook is not None:
+            hook(int(i), np.asarray(per_image))
+
+    @contextlib.contextmanager
+    def open(self, hook: Callable | None):
+        """Register hook(i, losses (B,)) for one run: yields its token (np.int32, 0 for None)."""
+        token = next(self._tokens) if hook is not None else 0
+        if hook is not None:
+            self._hooks[token] = hook
+        try:
+            yield np.int32(token)
+        finally:
+            self._hooks.pop(token, None)
 
 
-def _report_iteration(token, i, per_image):
-    hook = _hooks.get(int(token))
-    if hook is not None:
-        hook(int(i), np.asarray(per_image))
-
-
-@contextlib.contextmanager
-def _registered(hook):
-    token = next(_next_token) if hook is not None else 0
-    if hook is not None:
-        _hooks[token] = hook
-    try:
-        yield np.int32(token)
-    finally:
-        _hooks.pop(token, None)
+PROGRESS = ProgressChannel()
 
 
 # --------------------------------------------------------------------------------------
@@ -412,7 +423,7 @@ def multiscale(model: Generator, image, mask, config: RefineConfig = RefineConfi
         on_iteration = partial(lambda hook, i, losses: hook(i, losses[:batch]), on_iteration)
     graphdef, state = nnx.split(model)
     state = place.weights(state)
-    with _registered(on_iteration) as token:
+    with PROGRESS.open(on_iteration) as token:
         inputs = jax.device_put(_run_inputs(images, masks, plans, config, place, token, upscale))
         out, upscaled, runs = _refine_run(graphdef, state, inputs, plans, config, place, _execute, on_scale=on_scale,
                                           report=on_iteration is not None)
