@@ -25,6 +25,7 @@ from .api import inpaint_with_info as inpaint_with_info
 from .api import load as load
 from .convert import convert as convert
 from .images import LargeHoleWarning as LargeHoleWarning
+from .jobs import JobSettings as JobSettings
 from .jobs import JobSummary as JobSummary
 from .jobs import inpaint_files as inpaint_files
 from .checkpoint import save as save
@@ -39,7 +40,7 @@ from .plan import RefineConfig as RefineConfig
 from .refine import ScaleInfo as ScaleInfo
 
 __all__ = [
-    "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "JobSummary", "Lama", "LamaConfig", "LargeHoleWarning",
+    "BIG_LAMA", "TINY_LAMA", "CheckpointError", "InpaintInfo", "JobSettings", "JobSummary", "Lama", "LamaConfig", "LargeHoleWarning",
     "MemoryEstimate", "Progress", "RefineConfig", "ScaleInfo", "UnsafePickleError", "convert", "default_model",
     "enable_compilation_cache", "estimate", "inpaint", "inpaint_batch", "inpaint_batch_with_info", "inpaint_files",
     "inpaint_with_info", "load", "save",

@@ -53,10 +53,20 @@ _JOB_NUMBERS = itertools.count()  # the n-th distributed job of every process is
 
 @dataclasses.dataclass(frozen=True)
 class JobSettings:
-    """How a job inpaints and writes (see `inpaint_files` for each field)."""
+    """How a job inpaints and writes.
+
+    method, mask_threshold, crop_margin: as `inpaint`. config: as `inpaint`; None: the
+    model's recommended settings (`inpaint_files` and the CLI decide it with
+    `plan.resolve_config` once the model is loaded; `run_items` needs it decided).
+    batch_size: images of one padded size inpainted together, data-parallel over this
+    process's devices (`inpaint_batch`); a failing batch is retried image by image.
+    overwrite: replace existing outputs; skip_existing: keep the complete ones (resume an
+    interrupted job); neither: an existing output is a failed item. report, report_plot: the
+    CLI's --report and --report-plot.
+    """
 
     method: str = "refine"
-    config: RefineConfig | None = RefineConfig()  # None until `plan.resolve_config` decides it
+    config: RefineConfig | None = None
     mask_threshold: float = 0.0
     batch_size: int = 1
     crop_margin: int | None = None
@@ -122,9 +132,7 @@ class JobSummary:
 # --------------------------------------------------------------------------------------
 
 
-def inpaint_files(source, output, mask=None, *, model=None, method: str = "refine",
-                  config: RefineConfig | None = None, mask_threshold: float = 0.0, batch_size: int = 1,
-                  crop_margin: int | None = None, overwrite: bool = False, skip_existing: bool = False,
+def inpaint_files(source, output, mask=None, *, model=None, settings: JobSettings | None = None,
                   image_suffixes=None, keep_ext: bool = False, distributed: bool = False,
                   coordinator: str | None = None, num_processes: int | None = None,
                   process_id: int | None = None, verbose: bool = False) -> JobSummary:
@@ -133,11 +141,9 @@ def inpaint_files(source, output, mask=None, *, model=None, method: str = "refin
     Args:
       source, mask, output: IMAGE MASK OUT, or DIR (LaMa layout, mask None) OUTDIR, or
         IMAGEDIR MASKDIR OUTDIR, or IMAGEDIR MASK OUTDIR (see `files.find_items`).
-      model, method, config, mask_threshold, crop_margin: as `inpaint`.
-      batch_size: images of one padded size inpainted together, data-parallel over this
-        process's devices (`inpaint_batch`); a failing batch is retried image by image.
-      overwrite: replace existing outputs; skip_existing: keep the complete ones (resume an
-        interrupted job); neither: an existing output is a failed item.
+      model: as `inpaint`.
+      settings: how to inpaint and write (`JobSettings`; default: `JobSettings()`, refining
+        with the model's recommended settings).
       image_suffixes, keep_ext: the LaMa layout's image suffixes; IMAGEDIR modes keep the
         input's extension.
       distributed: split the work over the processes of `jax.distributed`, initialised here
@@ -151,11 +157,12 @@ def inpaint_files(source, output, mask=None, *, model=None, method: str = "refin
     """
     if distributed:
         start_distributed(coordinator, num_processes, process_id)
-    settings = JobSettings(method, config, mask_threshold, batch_size, crop_margin, overwrite,
-                           skip_existing)
+    settings = JobSettings() if settings is None else settings
+    if not isinstance(settings, JobSettings):
+        raise TypeError(f"settings must be a JobSettings, got {type(settings).__name__}")
     items, shared_mask, mode = find_items(source, mask, output, image_suffixes, keep_ext)
     model = resolve_model(model) if any(item.problem is None for item in items) else None
-    settings = dataclasses.replace(settings, config=resolve_config(model, config))
+    settings = dataclasses.replace(settings, config=resolve_config(model, settings.config))
     return run_items(items, model, settings, shared_mask=shared_mask, distributed=distributed, verbose=verbose,
                      report_folder=None if mode == "single" else Path(output), outer_bar=mode != "single")
 
