@@ -11,6 +11,15 @@ Each scale is one `jax.jit` program (`_refine_program`) whose iterations run in 
 early when the loss stops improving (RefineConfig.early_stop). Weights are arguments, not
 constants, and everything that depends on an image's valid (unpadded) size is data
 (`plan.ScaleOperands`), so a second image of the same padded size reuses the program.
+
+A run stays on the device: the host uploads each image and mask with the plan's small
+matrices in one transfer (`RunInputs`), small programs build the pyramid, each scale's
+padded batch and the previous scale's reference and the final upscale, each scale's
+program passes its result on as a device array, and the results and losses come back in
+one transfer. One program per scale (rather than one for the whole run) keeps only one
+scale's working set alive at a time, so the peak is that of the largest scale. The driver
+(`_refine_run`) calls every program through a `call` argument, so `trace` runs the same
+code on shape structs for `memory` and `jax.export`.
 """
 
 from __future__ import annotations
