@@ -70,7 +70,7 @@ def run_python_loop(args):
 
     import jax_refine
     from jax_refine import pyramid, refine
-    from jax_refine.plan import pad_bottom_right, plan_scales, scale_operands
+    from jax_refine.plan import ScaleOperands, pad_bottom_right, plan_scales, reference_frame, scale_matrices
 
     image, mask = square_inputs(args.image, args.size)
     model = jax_model(args.n_blocks)
@@ -84,7 +84,9 @@ def run_python_loop(args):
     hp, wp = finest.padded_size
     image_p = pad_bottom_right(image[None], hp, wp, "reflect")
     mask_p = np.asarray(pyramid.round_up(pad_bottom_right(mask[None, ..., None], hp, wp, "reflect")))
-    operands = scale_operands(image_p, mask_p, [ref[0]], [finest], config.modulo)
+    matrices = scale_matrices([finest], [coarse], config.modulo)
+    frame = reference_frame(finest.padded_size, coarse.size, config.modulo)
+    operands = ScaleOperands(image_p, mask_p, pad_bottom_right(ref, *frame, "constant"), *matrices[:4])
     graphdef, state = nnx.split(model)
     settings, tx = refine.ProgramSettings.of(config), refine.adam(config.lr)
 

@@ -26,8 +26,9 @@ def main(argv=None) -> int:
     parser.add_argument("--distributed", action="store_true", help="split the folder over the processes")
     args = parser.parse_args(argv)
     jax_refine.configure_cpu()  # on CPU hosts: XLA's fast conv path; before the first JAX computation
-    summary = jax_refine.inpaint_files(args.input, args.output, model=args.model, batch_size=args.batch_size,
-                                       distributed=args.distributed, skip_existing=True, verbose=True)
+    settings = jax_refine.JobSettings(batch_size=args.batch_size, skip_existing=True)
+    summary = jax_refine.inpaint_files(args.input, args.output, model=args.model, settings=settings,
+                                       distributed=args.distributed, verbose=True)
     if summary.process == 0:
         print(summary)
     return 1 if summary.failures else 0

@@ -26,6 +26,7 @@ from .compile_cache import enable_compilation_cache as enable_compilation_cache
 from .convert import convert as convert
 from .images import LargeHoleWarning as LargeHoleWarning
 from .jobs import JobInterrupted as JobInterrupted
+from .jobs import JobSettings as JobSettings
 from .jobs import JobSummary as JobSummary
 from .jobs import inpaint_files as inpaint_files
 from .checkpoint import save as save
@@ -45,8 +46,8 @@ from .refine import ScaleInfo as ScaleInfo
 
 __all__ = [
     "BIG_LAMA", "BIG_LAMA_REGULAR", "LAMA_REGULAR", "TINY_LAMA", "CheckpointError", "CompilationCacheWarning",
-    "InpaintInfo", "JobInterrupted", "JobSummary", "Lama", "LamaConfig", "LargeHoleWarning", "MemoryEstimate", "Pix2PixHD",
-    "Pix2PixHDConfig", "Progress", "RefineConfig", "ScaleInfo", "UnsafePickleError", "configure_cpu", "convert",
-    "default_model", "disable_compilation_cache", "enable_compilation_cache", "estimate",
+    "InpaintInfo", "JobInterrupted", "JobSettings", "JobSummary", "Lama", "LamaConfig", "LargeHoleWarning", "MemoryEstimate",
+    "Pix2PixHD", "Pix2PixHDConfig", "Progress", "RefineConfig", "ScaleInfo", "UnsafePickleError", "configure_cpu",
+    "convert", "default_model", "disable_compilation_cache", "enable_compilation_cache", "estimate",
     "inpaint", "inpaint_batch", "inpaint_batch_with_info", "inpaint_files", "inpaint_with_info", "load", "save",
 ]

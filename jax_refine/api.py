@@ -21,9 +21,9 @@ from . import compile_cache
 from . import hub
 from .crop import hole_regions
 from .images import Source, check_hole, from_array, hole_map, source_of
-from .model import Lama
+from .contract import Generator
 from .memory import MemoryEstimate, estimate_memory
-from .plan import RefineConfig, model_defaults
+from .plan import RefineConfig
 from .refine import ScaleInfo
 
 # The default model ships in the repository's weights/default; a wheel installs that folder as
@@ -38,13 +38,13 @@ BUNDLED_WEIGHTS = next((p for p in _BUNDLED_CANDIDATES if (p / "jax_refine.json"
 # --------------------------------------------------------------------------------------
 
 
-def default_model() -> Lama:
+def default_model() -> Generator:
     """The model bundled with the package (see weights/README.md)."""
     return resolve_model(None)
 
 
-def load(model: str | os.PathLike | None = None) -> Lama:
-    """A new inference-mode Lama from `model`: None for the bundled default, a known name
+def load(model: str | os.PathLike | None = None) -> Generator:
+    """A new inference-mode generator (`contract.Generator`) from `model`: None for the bundled default, a known name
     ("big-lama": downloaded, verified, converted and cached on first use, see
     `jax_refine.hub`), or the path of a converted checkpoint directory (a path that exists
     wins over a name)."""
@@ -71,25 +71,37 @@ def checkpoint_path(model: str | os.PathLike | None) -> Path:
     return path.absolute()
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(path: str, mtime: float, name: str | None) -> Lama:
+MODEL_CACHE_SIZE = 1  # models named by None, name or path that `resolve_model` keeps loaded
+
+
+@functools.lru_cache(maxsize=MODEL_CACHE_SIZE)
+def _load_cached(path: str, mtime: float, name: str | None) -> Generator:
     del mtime  # part of the cache key only: a rewritten checkpoint is loaded again
     return hub.load(name) if name else checkpoint.load(path)  # hub: a damaged cached conversion is remade
 
 
-def resolve_model(model: Lama | str | os.PathLike | None) -> Lama:
-    """A Lama; or None, a known name or a checkpoint path as in `load` (loaded once, cached).
+def forget_models() -> None:
+    """Release the model(s) `resolve_model` keeps loaded (see there)."""
+    _load_cached.cache_clear()
+
+
+def resolve_model(model: Generator | str | os.PathLike | None) -> Generator:
+    """A generator (`contract.Generator`, e.g. a `model.Lama`) as given; or one loaded from None,
+    a known name or a checkpoint path as in `load`. The most recently loaded MODEL_CACHE_SIZE
+    (one) stays loaded, so calls naming the same model load it once; naming another replaces
+    it, and `forget_models()` releases it. To own a model's lifetime, pass what `load` returns.
     Every entry point resolves its model before its first program, so this is also where the
     default compilation cache is turned on (`compile_cache.use_default_cache`)."""
     compile_cache.use_default_cache()
-    if isinstance(model, Lama):
+    if isinstance(model, Generator):
         return model
     if model is None or isinstance(model, (str, os.PathLike)):
         path = checkpoint_path(model)
         meta = path / "jax_refine.json"
         return _load_cached(str(path), os.path.getmtime(meta) if meta.is_file() else 0.0,
                             model if _is_known_name(model) else None)
-    raise TypeError(f"model must be a Lama, a known model name, a checkpoint path or None, got {type(model).__name__}")
+    raise TypeError("model must be a generator (contract.Generator), a known model name, a checkpoint path or None, "
+                    f"got {type(model).__name__}")
 
 
 METHODS = ("refine", "plain")
@@ -102,7 +114,7 @@ def _multiscale(method: str) -> bool:
     return method == "refine"
 
 
-def estimate(image_size: tuple[int, int], model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
+def estimate(image_size: tuple[int, int], model: Generator | str | os.PathLike | None = None, *, method: str = "refine",
              config: RefineConfig | None = None, batch: int = 1) -> MemoryEstimate:
     """Expected peak memory of `inpaint` on `batch` images of `image_size` (height, width) on the
     current backend, without running it (each scale's program is compiled; see MemoryEstimate).
@@ -141,8 +153,9 @@ def check_arguments(*, config=None, progress=None, devices=None) -> list | None:
 
 
 def _config(config: RefineConfig | None, model) -> RefineConfig:
-    """`config`, or when None the model's own recommended settings (`refine.model_defaults`)."""
-    return model_defaults(resolve_model(model)) if config is None else config
+    """`config`, or when None the model's own recommended settings (`plan.resolve_config`; the
+    model is loaded only then)."""
+    return plan.resolve_config(None if config is not None else resolve_model(model), config)
 
 
 # --------------------------------------------------------------------------------------
@@ -174,7 +187,7 @@ class InpaintInfo:
     hole_fraction: float = 0.0  # share of the image's pixels that are hole
 
 
-def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
+def inpaint(image, mask, model: Generator | str | os.PathLike | None = None, *, method: str = "refine",
             config: RefineConfig | None = None, progress: bool | Callable[[Progress], None] | None = None,
             crop_margin: int | None = None, devices=None, mask_threshold: float = 0.0):
     """Inpaint the holes of `image` given by `mask` with LaMa, by default with multi-scale refinement.
@@ -190,7 +203,7 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, metho
         on a transparent layer). A hole is a value above mask_threshold times the full scale
         (255 for uint8 and 8-bit images, 65535 for uint16 and 16-bit images, 1 otherwise).
         A hole over half the image gives a `LargeHoleWarning`.
-      model: a loaded `Lama`, a known model name ("big-lama", downloaded and converted on
+      model: a loaded generator (`contract.Generator`, e.g. `model.Lama`), a known model name ("big-lama", downloaded and converted on
         first use), a path to a converted checkpoint directory, or None for the bundled
         default model.
       method: "refine", multi-scale feature refinement (Kulshreshtha et al. 2022), or
@@ -216,7 +229,7 @@ def inpaint(image, mask, model: Lama | str | os.PathLike | None = None, *, metho
                              crop_margin=crop_margin, devices=devices, mask_threshold=mask_threshold)[0]
 
 
-def inpaint_with_info(image, mask, model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
+def inpaint_with_info(image, mask, model: Generator | str | os.PathLike | None = None, *, method: str = "refine",
                       config: RefineConfig | None = None, progress: bool | Callable[[Progress], None] | None = None,
                       crop_margin: int | None = None, devices=None,
                       mask_threshold: float = 0.0) -> tuple[object, InpaintInfo]:
@@ -226,6 +239,8 @@ def inpaint_with_info(image, mask, model: Lama | str | os.PathLike | None = None
     source = source_of(image)
     hole = hole_map(mask, source.rgb.shape[:2], mask_threshold)
     fraction = check_hole(hole)
+    if multiscale and hole.any():  # resolved once for every crop
+        config = _config(config, model)
     if crop_margin is None:
         [result], [info] = _inpaint_group([source], [hole], model, multiscale, config, progress, devices,
                                           spatial=True)
@@ -242,7 +257,7 @@ def inpaint_with_info(image, mask, model: Lama | str | os.PathLike | None = None
     return source.restore(filled, hole), info
 
 
-def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
+def inpaint_batch(images, masks, model: Generator | str | os.PathLike | None = None, *, method: str = "refine",
                   config: RefineConfig | None = None, devices=None, batch_size: int | None = None,
                   progress: bool | Callable[[Progress], None] | None = None, mask_threshold: float = 0.0) -> list:
     """Inpaint many images: images of one `batch_key` (without refinement the same padded
@@ -266,7 +281,7 @@ def inpaint_batch(images, masks, model: Lama | str | os.PathLike | None = None, 
                                    batch_size=batch_size, progress=progress, mask_threshold=mask_threshold)[0]
 
 
-def inpaint_batch_with_info(images, masks, model: Lama | str | os.PathLike | None = None, *, method: str = "refine",
+def inpaint_batch_with_info(images, masks, model: Generator | str | os.PathLike | None = None, *, method: str = "refine",
                             config: RefineConfig | None = None, devices=None, batch_size: int | None = None,
                             progress: bool | Callable[[Progress], None] | None = None,
                             mask_threshold: float = 0.0) -> tuple[list, list[InpaintInfo]]:
@@ -293,6 +308,8 @@ def inpaint_batch_with_info(images, masks, model: Lama | str | os.PathLike | Non
         except ValueError as e:
             raise ValueError(f"image {index}: {e}") from None
         fractions.append(check_hole(holes[-1], f"image {index}: "))
+    if multiscale and any(hole.any() for hole in holes):  # resolved once for every run
+        config = _config(config, model)
     groups: dict[tuple, list[int]] = {}
     for index, source in enumerate(sources):
         groups.setdefault(batch_key(source.rgb.shape[:2], method, model, config), []).append(index)
@@ -307,7 +324,7 @@ def inpaint_batch_with_info(images, masks, model: Lama | str | os.PathLike | Non
     return results, infos
 
 
-def batch_key(size: tuple[int, int], method: str, model: Lama | str | os.PathLike | None,
+def batch_key(size: tuple[int, int], method: str, model: Generator | str | os.PathLike | None,
               config: RefineConfig | None = None) -> tuple:
     """Images with equal keys can share a run: for "plain" the same size padded to the model's
     modulo; for "refine" `plan.run_key` (every pyramid level of `config` pads to the same
@@ -347,19 +364,17 @@ def _inpaint_group(sources: list[Source], holes: list[np.ndarray], model, multis
     on_scale, on_iteration, close = _progress_hooks(progress, config)
     try:
         outs, scales = refine_lib.multiscale(model, [sources[i].rgb for i in todo],
-                                         [holes[i][..., None].astype(np.float32) for i in todo], config,
-                                         on_scale=on_scale, on_iteration=on_iteration, devices=devices, spatial=spatial)
+                                             [holes[i][..., None].astype(np.float32) for i in todo], config,
+                                             on_scale=on_scale, on_iteration=on_iteration, devices=devices,
+                                             spatial=spatial, upscale=config.full_size_output)
     finally:
         close()
     for k, (out, i) in enumerate(zip(outs, todo)):
         own = plan.plan_scales(*holes[i].shape, config)  # this image's sizes and losses in the run's scales
         infos[i] = InpaintInfo(True, [dataclasses.replace(s, size=p.size, losses=s.losses[:, k:k + 1])
-                                      for s, p in zip(scales, own)], out.shape[:2])
-        if out.shape[:2] == holes[i].shape:
+                                      for s, p in zip(scales, own)], own[-1].size)
+        if out.shape[:2] == holes[i].shape:  # at full size, or upscaled on the device (full_size_output)
             results[i] = sources[i].restore(np.clip(out, 0.0, 1.0), holes[i])
-        elif config.full_size_output:  # upscale the fill into the full-resolution image
-            full = np.asarray(pyramid.resize(out[None], *holes[i].shape))[0]
-            results[i] = sources[i].restore(np.clip(full, 0.0, 1.0), holes[i])
         else:  # the original's behaviour: the result stays at the reduced size
             base = np.asarray(pyramid.resize(sources[i].channels[None], *out.shape[:2]))[0]
             results[i] = sources[i].restore(np.clip(out, 0.0, 1.0), np.ones(out.shape[:2], bool), base)

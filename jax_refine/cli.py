@@ -33,7 +33,7 @@ from .compile_cache import MAX_BYTES, disable_compilation_cache, enable_compilat
 from .files import LAMA_IMAGE_SUFFIXES, ItemError, UsageError, find_items, item_size, printable
 from .jobs import JobInterrupted, JobSettings, Terminated, run_items, start_distributed
 from .model import REMAT_POLICIES
-from .plan import COMPUTE_DTYPES, SCALE_SCHEDULES, RefineConfig, model_defaults
+from .plan import COMPUTE_DTYPES, SCALE_SCHEDULES, RefineConfig, resolve_config
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -204,12 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def refine_config_from_args(args, model=None) -> RefineConfig:
     """The RefineConfig of the parsed options over the model's recommended settings (LaMa's
-    defaults without a model); invalid values raise UsageError."""
+    defaults without a model; `plan.resolve_config`); invalid values raise UsageError."""
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(RefineConfig)
               if getattr(args, field.name) is not None}
     try:
-        base = RefineConfig() if model is None else model_defaults(model)
-        return dataclasses.replace(base, **values)
+        return resolve_config(model, None, **values)
     except ValueError as e:
         message = str(e).replace("invalid RefineConfig: ", "")
         for name in values:  # name the options, not the dataclass fields
@@ -257,7 +256,7 @@ def _load_model(path):
 def _job_settings(args) -> JobSettings:
     """The JobSettings of the parsed options; invalid values raise UsageError naming the options."""
     try:
-        return JobSettings(args.method, refine_config_from_args(args), args.mask_threshold, args.batch_size,
+        return JobSettings(args.method, None, args.mask_threshold, args.batch_size,
                            args.crop_margin, args.overwrite, args.skip_existing, args.report, args.report_plot)
     except UsageError as e:
         message = str(e)
@@ -286,8 +285,8 @@ def run_inpaint(args) -> int:
     elif args.no_compilation_cache:
         disable_compilation_cache()
     model = _load_model(args.model) if any(item.problem is None for item in items) else None
-    if model is not None:  # unset refinement options take the model's recommended settings
-        settings = dataclasses.replace(settings, config=refine_config_from_args(args, model))
+    # unset refinement options take the model's recommended settings
+    settings = dataclasses.replace(settings, config=refine_config_from_args(args, model))
     if args.dry_run:
         return dry_run(items, model, settings.method, settings.config)
     summary = run_items(items, model, settings, shared_mask=shared_mask, distributed=args.distributed,

@@ -43,7 +43,7 @@ from .files import (Item, ItemError, UsageError, check_outputs, find_items, item
                     output_complete, printable, remove_stale_partials, save_atomic, write_atomic)
 from .api import batch_key, check_arguments, inpaint_batch_with_info, inpaint_with_info, resolve_model
 from .images import MAX_HOLE_FRACTION, LargeHoleWarning, check_mask_threshold
-from .plan import RefineConfig, budget_size, model_defaults
+from .plan import RefineConfig, budget_size, resolve_config
 
 PREFETCH = 2      # batches decoded ahead of the one the devices run
 WRITE_BEHIND = 2  # computed batches being encoded and written
@@ -55,10 +55,20 @@ _POLL_MS = 10_000  # waiting for other processes: how often to look whether one 
 
 @dataclasses.dataclass(frozen=True)
 class JobSettings:
-    """How a job inpaints and writes (see `inpaint_files` for each field)."""
+    """How a job inpaints and writes.
+
+    method, mask_threshold, crop_margin: as `inpaint`. config: as `inpaint`; None: the
+    model's recommended settings (`inpaint_files` and the CLI decide it with
+    `plan.resolve_config` once the model is loaded; `run_items` needs it decided).
+    batch_size: images of one padded size inpainted together, data-parallel over this
+    process's devices (`inpaint_batch`); a failing batch is retried image by image.
+    overwrite: replace existing outputs; skip_existing: keep the complete ones (resume an
+    interrupted job); neither: an existing output is a failed item. report, report_plot: the
+    CLI's --report and --report-plot.
+    """
 
     method: str = "refine"
-    config: RefineConfig = RefineConfig()
+    config: RefineConfig | None = None
     mask_threshold: float = 0.0
     batch_size: int = 1
     crop_margin: int | None = None
@@ -142,9 +152,7 @@ class JobInterrupted(KeyboardInterrupt):
 # --------------------------------------------------------------------------------------
 
 
-def inpaint_files(source, output, mask=None, *, model=None, method: str = "refine",
-                  config: RefineConfig | None = None, mask_threshold: float = 0.0, batch_size: int = 1,
-                  crop_margin: int | None = None, overwrite: bool = False, skip_existing: bool = False,
+def inpaint_files(source, output, mask=None, *, model=None, settings: JobSettings | None = None,
                   image_suffixes=None, keep_ext: bool = False, distributed: bool = False,
                   coordinator: str | None = None, num_processes: int | None = None,
                   process_id: int | None = None, verbose: bool = False) -> JobSummary:
@@ -153,11 +161,9 @@ def inpaint_files(source, output, mask=None, *, model=None, method: str = "refin
     Args:
       source, mask, output: IMAGE MASK OUT, or DIR (LaMa layout, mask None) OUTDIR, or
         IMAGEDIR MASKDIR OUTDIR, or IMAGEDIR MASK OUTDIR (see `files.find_items`).
-      model, method, config, mask_threshold, crop_margin: as `inpaint`.
-      batch_size: images of one padded size inpainted together, data-parallel over this
-        process's devices (`inpaint_batch`); a failing batch is retried image by image.
-      overwrite: replace existing outputs; skip_existing: keep the complete ones (resume an
-        interrupted job); neither: an existing output is a failed item.
+      model: as `inpaint`.
+      settings: how to inpaint and write (`JobSettings`; default: `JobSettings()`, refining
+        with the model's recommended settings).
       image_suffixes, keep_ext: the LaMa layout's image suffixes; IMAGEDIR modes keep the
         input's extension.
       distributed: split the work over the processes of `jax.distributed`, initialised here
@@ -167,20 +173,20 @@ def inpaint_files(source, output, mask=None, *, model=None, method: str = "refin
       verbose: progress and per-item lines on stderr (bars on a terminal).
 
     Returns the `JobSummary` of the whole job (every process gets the same counts). Raises
-    UsageError for arguments that make no job, TypeError for a config that is not a
-    RefineConfig; a bad item fails alone (summary.failures). Ctrl-C once the items began
+    UsageError for arguments that make no job, TypeError for settings that are not a
+    JobSettings or a settings.config that is not a RefineConfig; a bad item fails alone (summary.failures). Ctrl-C once the items began
     raises `JobInterrupted` (a KeyboardInterrupt) with the summary so far, after the writes in
     progress finished.
     """
-    check_arguments(config=config)
+    settings = JobSettings() if settings is None else settings
+    if not isinstance(settings, JobSettings):
+        raise TypeError(f"settings must be a JobSettings, got {type(settings).__name__}")
+    check_arguments(config=settings.config)
     if distributed:
         start_distributed(coordinator, num_processes, process_id)
-    settings = JobSettings(method, config or RefineConfig(), mask_threshold, batch_size, crop_margin, overwrite,
-                           skip_existing)
     items, shared_mask, mode, left_out = find_items(source, mask, output, image_suffixes, keep_ext)
     model = resolve_model(model) if any(item.problem is None for item in items) else None
-    if config is None and model is not None:  # the model's recommended settings
-        settings = dataclasses.replace(settings, config=model_defaults(model))
+    settings = dataclasses.replace(settings, config=resolve_config(model, settings.config))
     return run_items(items, model, settings, shared_mask=shared_mask, distributed=distributed, verbose=verbose,
                      report_folder=None if mode == "single" else Path(output), outer_bar=mode != "single",
                      left_out=left_out)
@@ -336,10 +342,10 @@ class _Group:
 def run_items(items: list[Item], model, settings: JobSettings, *, shared_mask: Path | None = None,
               distributed: bool = False, verbose: bool = False, report_folder: Path | None = None,
               outer_bar: bool = True, left_out=()) -> JobSummary:
-    """Inpaint `items` (see the module docstring); `model` a Lama (None when every item
-    already has a problem); left_out: folders discovery left out (`files.Found`), named in
-    the summary. Returns the whole job's summary; Ctrl-C or SIGTERM once the items began
-    raise `JobInterrupted`."""
+    """Inpaint `items` (see the module docstring); `model` a `contract.Generator` (None when
+    every item already has a problem); left_out: folders discovery left out (`files.Found`),
+    named in the summary. Returns the whole job's summary; Ctrl-C or SIGTERM once the items
+    began raise `JobInterrupted`."""
     start = time.perf_counter()
     if model is not None and settings.method == "refine" and settings.config.modulo % model.config.modulo:
         raise UsageError(f"modulo {settings.config.modulo} must be a multiple of the model's {model.config.modulo}")

@@ -9,9 +9,9 @@ import sys
 import jax
 from flax import nnx
 
-from .model import Lama
-from .plan import RefineConfig, plan_scales
-from .refine import programs
+from .contract import Generator
+from .plan import RefineConfig, padded as pad, plan_scales
+from .refine import Program, trace
 
 @dataclasses.dataclass
 class MemoryEstimate:
@@ -19,7 +19,7 @@ class MemoryEstimate:
 
     On CPU all of it is host memory and `peak_bytes` is the process's expected peak resident
     set (`baseline_bytes`, what is resident now: interpreter, libraries, loaded weights, plus
-    the largest program's working set and the host-side images). On GPU/TPU `peak_bytes` is
+    the largest program's working set and the host-side images and results). On GPU/TPU `peak_bytes` is
     device memory: the weights plus the largest program's working set.
     """
 
@@ -27,7 +27,7 @@ class MemoryEstimate:
     peak_bytes: int
     baseline_bytes: int        # resident now (CPU) / the weights (accelerators)
     program_bytes: int         # largest program: XLA temporaries + outputs + non-weight arguments
-    host_bytes: int            # image pyramid, padded copies and results on the host
+    host_bytes: int            # images and results on the host (outside the programs)
     scales: list[tuple[tuple[int, int], int]]  # (padded size, program bytes) per scale
 
     def __str__(self):
@@ -48,25 +48,33 @@ def _resident_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
-def estimate_memory(model: Lama, height: int, width: int, *, batch: int = 1, multiscale: bool = True,
+def estimate_memory(model: Generator, height: int, width: int, *, batch: int = 1, multiscale: bool = True,
                     config: RefineConfig = RefineConfig()) -> MemoryEstimate:
     """Peak memory of `refine.multiscale` (or, with multiscale=False, `refine.predict`) on `batch`
-    images of height x width, without running it: each scale's program is compiled (XLA's
-    compilation cache makes the real call's compilation cheap afterwards) and its buffer
-    assignment read."""
+    images of height x width, without running it: `refine.trace` drives the run on shape
+    structs and every program it calls is compiled (XLA's compilation cache makes the real
+    call's compilation cheap afterwards) and its buffer assignment read."""
     weights = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model)))
-    scales = []
-    for program in programs(model, height, width, batch=batch, multiscale=multiscale, config=config):
-        stats = program.function.lower(*program.args, **program.kwargs).compile().memory_analysis()
+    used = []  # (scale or None, bytes) per program call
+
+    def compile_program(program: Program):
+        lowered = program.lower()
+        stats = lowered.compile().memory_analysis()
         if stats is None:
             raise RuntimeError(f"the {jax.default_backend()} backend reports no memory statistics")
-        used = stats.temp_size_in_bytes + stats.output_size_in_bytes + stats.argument_size_in_bytes - weights
-        scales.append((program.padded_size, used))
-    sizes = [s.size for s in plan_scales(height, width, config)] if multiscale else [(height, width)]
-    pixels = sum((h * w + hp * wp) * batch for (h, w), ((hp, wp), _) in zip(sizes, scales))
-    # float32 RGB + mask per level and padded copy, plus the caller's input, result and output
-    host = 16 * pixels + 3 * 16 * height * width * batch
-    program_bytes = max(b for _, b in scales)
+        total = stats.temp_size_in_bytes + stats.output_size_in_bytes + stats.argument_size_in_bytes
+        used.append((program.scale, total - (weights if program.scale is not None else 0)))
+        return lowered.out_info
+
+    trace(model, height, width, compile_program, batch=batch, multiscale=multiscale, config=config,
+          upscale=multiscale and config.full_size_output)
+    padded = ([s.padded_size for s in plan_scales(height, width, config)] if multiscale
+              else [(pad(height, model.config.modulo), pad(width, model.config.modulo))])
+    scales = list(zip(padded, [b for scale, b in used if scale is not None]))
+    # the caller's input, its float32 copy and the results on the host; the pyramid and each
+    # scale's batch live on the device, inside the programs' arguments
+    host = 3 * 16 * height * width * batch
+    program_bytes = max(b for _, b in used)
     if jax.default_backend() == "cpu":
         baseline = _resident_bytes()
         return MemoryEstimate("cpu", baseline + program_bytes + host, baseline, program_bytes, host, scales)

@@ -27,10 +27,14 @@ class Placement:
         elif self.devices:
             self._split = self._replicated = jax.sharding.SingleDeviceSharding(self.devices[0])
 
-    def pad_batch(self, x: np.ndarray) -> np.ndarray:
-        """x (B, ...) with its last image repeated up to a multiple of the device count."""
+    def batch_size(self, batch: int) -> int:
+        """`batch` rounded up to a multiple of the device count (data-parallel; else itself)."""
         n = 1 if self.spatial else max(len(self.devices), 1)
-        extra = -x.shape[0] % n
+        return batch + -batch % n
+
+    def pad_batch(self, x: np.ndarray) -> np.ndarray:
+        """x (B, ...) on the host with its last image repeated up to `batch_size(B)` images."""
+        extra = self.batch_size(x.shape[0]) - x.shape[0]
         return np.concatenate([x, np.repeat(x[-1:], extra, axis=0)]) if extra else x
 
     def weights(self, state):
@@ -38,7 +42,8 @@ class Placement:
         return jax.device_put(state, self._replicated) if self.devices else state
 
     def batched(self, arrays):
-        """A pytree of batched arrays (leading image axis, padded with `pad_batch`), placed."""
+        """A pytree of batched arrays (leading image axis, `batch_size` images), placed (on the
+        device already: a move between devices)."""
         if not self.devices:
             return arrays
         if not self.spatial:

@@ -1,9 +1,11 @@
-"""Refinement settings and the host-side plan of a refinement: sizes, run keys, operands.
+"""Refinement settings and the host-side plan of a refinement: sizes, run keys, operators.
 
-Everything here is numpy on the host, computed before a compiled program runs: the size
-refinement works at (px_budget), the pyramid's scales, the padded size each runs at, the
-key under which images share one run, the image/mask pyramid itself, and per refined scale
-the arrays its program takes (`ScaleOperands`). Everything that depends on an image's valid
+Everything here is numpy on the host, computed from sizes alone before a compiled program
+runs: the size refinement works at (px_budget), the pyramid's scales, the padded size each
+runs at, the key under which images share one run, and the small resize/blur matrices that
+`refine` applies on the device to build the pyramid (`PyramidOperators`), to compare a scale
+with the previous one (`ScaleMatrices`) and to upscale the result (`upscale_operators`).
+No image data passes through here. Everything that depends on an image's valid
 size is data here, not shape, so one compiled program serves every image of a padded size.
 """
 
@@ -13,11 +15,11 @@ import dataclasses
 import math
 from typing import NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 
 from . import pyramid
-from .model import REMAT_POLICIES, TAIL_TILE_PIXELS, Lama
+from .contract import Generator
+from .model import REMAT_POLICIES, TAIL_TILE_PIXELS
 
 SCALE_SCHEDULES = ("halving", "adaptive")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -26,6 +28,15 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RefineConfig:
     """Refinement settings; the defaults are LaMa's (configs/prediction/default.yaml).
+
+    One dataclass on purpose, though it holds four concerns (the algorithm: n_iters, lr,
+    erosion; the pyramid: min_side, max_scales, scale_schedule, px_budget, modulo,
+    full_size_output; early stopping; memory and dtype: remat, tile_pixels, compute_dtype):
+    users set them together for one call, the command line has one option per field, and a
+    checkpoint's `refine_defaults` may recommend any of them. The code reads narrow views:
+    planning the pyramid fields (`plan_scales`), a compiled program its static
+    `refine.ProgramSettings` and dynamic `refine.Controls`. It is decided once per run by
+    `resolve_config`.
 
     Attributes:
       n_iters: forward passes per refined scale (n_iters - 1 Adam steps; the last forward
@@ -113,7 +124,16 @@ class RefineConfig:
             raise ValueError("invalid RefineConfig: " + "; ".join(problems))
 
 
-def model_defaults(model: Lama) -> RefineConfig:
+def resolve_config(model: Generator | None, config: RefineConfig | None = None, **overrides) -> RefineConfig:
+    """The one place a run's RefineConfig is decided (api, jobs and cli call it): `config` if
+    given, else the model's recommended settings (`model_defaults`; LaMa's defaults without a
+    model), with `overrides` (RefineConfig fields, e.g. command-line options) over it.
+    ValueError for invalid values."""
+    base = config if config is not None else RefineConfig() if model is None else model_defaults(model)
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def model_defaults(model: Generator) -> RefineConfig:
     """The RefineConfig a model recommends: LaMa's defaults with its `refine_defaults` over them."""
     try:
         return RefineConfig(**dict(model.config.refine_defaults))
@@ -240,22 +260,33 @@ def pad_bottom_right(x: np.ndarray, hp: int, wp: int, mode: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def image_pyramid(image: np.ndarray, mask: np.ndarray, plan: list[ScalePlan]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(image (h, w, 3), mask (h, w, 1)) at every scale of `plan`, coarsest first: the input
-    resized to the finest scale's (px_budget) size if needed, then each level blurred and
-    resized from the next finer one; masks round up (any hole stays a hole)."""
-    image, mask = jnp.asarray(image[None]), jnp.asarray(mask[None])
-    h, w = plan[-1].size
-    if (h, w) != image.shape[1:3]:
-        image, mask = pyramid.resize(image, h, w), pyramid.round_up(pyramid.resize(mask, h, w))
-    levels = [(image, mask)]
-    for finer, coarser in zip(plan[::-1], plan[::-1][1:]):
-        rows, cols = (pyramid.pyr_down_matrix(n, n_out, finer.down_sigma).astype(np.float32)
-                      for n, n_out in zip(finer.size, coarser.size))
-        prev_image, prev_mask = levels[-1]
-        levels.append((pyramid.apply_separable(prev_image, rows, cols),
-                       pyramid.round_up(pyramid.apply_separable(prev_mask, rows, cols))))
-    return [(np.asarray(x)[0], np.asarray(m)[0]) for x, m in levels[::-1]]
+class PyramidOperators(NamedTuple):
+    """The matrices that build one image's pyramid on the device (`refine`): `budget` the
+    bilinear resize (rows (h, H), cols (w, W)) of the input to the px_budget size, or None;
+    `down[k]` (rows, cols) the blur + resize from level k + 1 to level k (coarsest is 0)."""
+
+    budget: tuple[np.ndarray, np.ndarray] | None
+    down: list[tuple[np.ndarray, np.ndarray]]
+
+
+def pyramid_operators(size: tuple[int, int], plan: list[ScalePlan]) -> PyramidOperators:
+    """The `PyramidOperators` of an image of `size` (H, W) refined with `plan`: levels are the
+    input resized to the finest scale's (px_budget) size if needed, then each blurred and resized
+    from the next finer one (masks round up: any hole stays a hole)."""
+    f32 = np.float32
+    budget = None if tuple(size) == plan[-1].size else tuple(
+        pyramid.resize_matrix(n, n_out).astype(f32) for n, n_out in zip(size, plan[-1].size))
+    down = [tuple(pyramid.pyr_down_matrix(n, n_out, finer.down_sigma).astype(f32)
+                  for n, n_out in zip(finer.size, coarser.size)) for coarser, finer in zip(plan, plan[1:])]
+    return PyramidOperators(budget, down)
+
+
+def upscale_operators(size: tuple[int, int], plan: list[ScalePlan]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows (H, h), cols (W, w)): the bilinear resize of the finest scale's (h, w) result back to
+    the input's size (H, W); None when refinement ran at that size."""
+    if tuple(size) == plan[-1].size:
+        return None
+    return tuple(pyramid.resize_matrix(n, n_out).astype(np.float32) for n, n_out in zip(plan[-1].size, size))
 
 
 class ScaleOperands(NamedTuple):
@@ -276,23 +307,33 @@ class ScaleOperands(NamedTuple):
     half_cols: np.ndarray
 
 
-def scale_operands(images: np.ndarray, masks: np.ndarray, refs: list[np.ndarray], scales: list[ScalePlan],
-                   modulo: int) -> ScaleOperands:
-    """The `ScaleOperands` of one refined scale for a batch: images (B, Hp, Wp, 3) and masks
-    (B, Hp, Wp, 1) padded; per image its previous result refs[i] (h_i', w_i', 3) and its
-    ScalePlan at this scale (equal padded sizes and reference frames: one `run_key`)."""
-    frames = {reference_frame(scale.padded_size, ref.shape[:2], modulo) for ref, scale in zip(refs, scales)}
+class ScaleMatrices(NamedTuple):
+    """The host-built part of a refined scale's `ScaleOperands` (B images): the operators, and
+    `ref_sizes` (B, 2) int32, each image's previous-scale (h, w), the valid region of `ref`."""
+
+    down_rows: np.ndarray
+    down_cols: np.ndarray
+    half_rows: np.ndarray
+    half_cols: np.ndarray
+    ref_sizes: np.ndarray
+
+
+def scale_matrices(scales: list[ScalePlan], previous: list[ScalePlan], modulo: int) -> ScaleMatrices:
+    """The `ScaleMatrices` of one refined scale for a batch: per image its ScalePlan at this
+    scale and at the previous one (equal padded sizes and reference frames: one `run_key`)."""
+    frames = {reference_frame(scale.padded_size, prev.size, modulo) for prev, scale in zip(previous, scales)}
     if len(frames) != 1:
         raise ValueError(f"the images' reference frames differ ({sorted(frames)}): not one run_key")
     frame = frames.pop()
 
-    def operator(matrix_fn, scale, ref):
+    def operator(matrix_fn, scale, prev):
         return [pyramid.embed(matrix_fn(n, n_out, scale), rows, cols)
-                for n, n_out, rows, cols in zip(scale.size, ref.shape[:2], frame, scale.padded_size)]
+                for n, n_out, rows, cols in zip(scale.size, prev.size, frame, scale.padded_size)]
 
-    down = [operator(lambda n, n_out, s: pyramid.pyr_down_matrix(n, n_out, s.down_sigma), scale, ref)
-            for ref, scale in zip(refs, scales)]
-    half = [operator(lambda n, n_out, s: pyramid.resize_matrix(n, n_out), scale, ref) for ref, scale in zip(refs, scales)]
-    ref = np.stack([pad_bottom_right(r[None], *frame, "constant")[0] for r in refs])
+    down = [operator(lambda n, n_out, s: pyramid.pyr_down_matrix(n, n_out, s.down_sigma), scale, prev)
+            for prev, scale in zip(previous, scales)]
+    half = [operator(lambda n, n_out, s: pyramid.resize_matrix(n, n_out), scale, prev)
+            for prev, scale in zip(previous, scales)]
     (down_rows, down_cols), (half_rows, half_cols) = (map(np.stack, zip(*m)) for m in (down, half))
-    return ScaleOperands(images, masks, ref, down_rows, down_cols, half_rows, half_cols)
+    return ScaleMatrices(down_rows, down_cols, half_rows, half_cols,
+                         np.array([prev.size for prev in previous], np.int32))

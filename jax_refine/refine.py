@@ -11,6 +11,15 @@ Each scale is one `jax.jit` program (`_refine_program`) whose iterations run in 
 early when the loss stops improving (RefineConfig.early_stop). Weights are arguments, not
 constants, and everything that depends on an image's valid (unpadded) size is data
 (`plan.ScaleOperands`), so a second image of the same padded size reuses the program.
+
+A run stays on the device: the host uploads each image and mask with the plan's small
+matrices in one transfer (`RunInputs`), small programs build the pyramid, each scale's
+padded batch and the previous scale's reference and the final upscale, each scale's
+program passes its result on as a device array, and the results and losses come back in
+one transfer. One program per scale (rather than one for the whole run) keeps only one
+scale's working set alive at a time, so the peak is that of the largest scale. The driver
+(`_refine_run`) calls every program through a `call` argument, so `trace` runs the same
+code on shape structs for `memory` and `jax.export`.
 """
 
 from __future__ import annotations
@@ -31,10 +40,10 @@ from flax import nnx
 
 from . import pyramid
 from .losses import reference_hole, refinement_loss
-from .model import Lama, model_input
+from .contract import Generator, model_input
 from .placement import Placement
-from .plan import (RefineConfig, ScaleOperands, ScalePlan, image_pyramid, pad_bottom_right, padded, plan_key,
-                   plan_scales, reference_frame, scale_operands)
+from .plan import (PyramidOperators, RefineConfig, ScaleMatrices, ScaleOperands, ScalePlan, pad_bottom_right, padded,
+                   plan_key, plan_scales, pyramid_operators, reference_frame, scale_matrices, upscale_operators)
 
 
 class ProgramSettings(NamedTuple):
@@ -70,7 +79,7 @@ class Controls(NamedTuple):
 # --------------------------------------------------------------------------------------
 
 
-def _compute_model(graphdef, state, compute_dtype: str) -> Lama:
+def _compute_model(graphdef, state, compute_dtype: str) -> Generator:
     """The model with its floating-point weights and statistics cast to compute_dtype."""
     dtype = jnp.dtype(compute_dtype)
     if dtype != jnp.float32:
@@ -119,7 +128,7 @@ def _refine_program(graphdef, state, operands: ScaleOperands, controls: Controls
                     settings: ProgramSettings, report=False):
     """One refined scale: at most n_iters forwards and n_iters - 1 Adam steps in a while_loop,
     stopping early once every image's relative loss improvement over `controls.stop_window`
-    iterations is below `controls.stop_tol`. report: call the registered hook of `hook_token`
+    iterations is below `controls.stop_tol`. report: report to the hook of `hook_token` (`PROGRESS`)
     after every forward. Returns (composite (B, Hp, Wp, 3), losses (n_iters, B), zero after the
     stop, forwards used (int32))."""
     z, loss_fn = scale_problem(graphdef, state, operands, settings)
@@ -139,7 +148,7 @@ def _refine_program(graphdef, state, operands: ScaleOperands, controls: Controls
         i, z, opt_state, losses, _, _ = carry
         (_, (per_image, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(z)
         if report:
-            jax.debug.callback(_report_iteration, hook_token, i, per_image)
+            jax.debug.callback(PROGRESS.dispatch, hook_token, i, per_image)
         losses = losses.at[i].set(per_image)
         stopped = converged(losses, i)
         updates, opt_state = tx.update(grads, opt_state, z)
@@ -154,75 +163,103 @@ def _refine_program(graphdef, state, operands: ScaleOperands, controls: Controls
     def last_forward():
         _, (per_image, pred) = loss_fn(z)
         if report:
-            jax.debug.callback(_report_iteration, hook_token, n_iters - 1, per_image)
+            jax.debug.callback(PROGRESS.dispatch, hook_token, n_iters - 1, per_image)
         return pred, losses.at[n_iters - 1].set(per_image), jnp.int32(n_iters)
 
     pred, losses, used = jax.lax.cond(stopped, lambda: (pred, losses, i), last_forward)
     return mask * pred + (1 - mask) * image, losses, used
 
 
-# Progress inside compiled loops: the program calls one fixed function with a token (a traced
-# int, so no recompilation), and the function forwards to the hook registered under that token
-# for the duration of a call. XLA runs host callbacks on its own threads, so a context variable
-# would not be seen there.
-_hooks: dict[int, Callable] = {}
-_next_token = itertools.count(1)
+class ProgressChannel:
+    """How a compiled refinement program reports its iterations to the run that called it.
+
+    A compiled program can call back into Python only through a function fixed when it was
+    traced (`jax.debug.callback`): a new callable per run, or per hook, would be a new program,
+    compiled again. So every program calls `dispatch` of the one channel `PROGRESS` with a
+    token that is data (a traced int32, so no recompilation), and the channel forwards to the
+    hook that the run in progress registered under that token (`open`). XLA runs host
+    callbacks on its own threads, where a context variable set by the run is not seen: hence
+    a table. It holds the hooks of the runs in progress only; token 0 reports to nobody.
+    """
+
+    def __init__(self):
+        self._hooks: dict[int, Callable] = {}
+        self._tokens = itertools.count(1)
+
+    def dispatch(self, token, i, per_image) -> None:
+        hook = self._hooks.get(int(token))
+        if hook is not None:
+            hook(int(i), np.asarray(per_image))
+
+    @contextlib.contextmanager
+    def open(self, hook: Callable | None):
+        """Register hook(i, losses (B,)) for one run: yields its token (np.int32, 0 for None)."""
+        token = next(self._tokens) if hook is not None else 0
+        if hook is not None:
+            self._hooks[token] = hook
+        try:
+            yield np.int32(token)
+        finally:
+            self._hooks.pop(token, None)
 
 
-def _report_iteration(token, i, per_image):
-    hook = _hooks.get(int(token))
-    if hook is not None:
-        hook(int(i), np.asarray(per_image))
+PROGRESS = ProgressChannel()
 
 
-@contextlib.contextmanager
-def _registered(hook):
-    token = next(_next_token) if hook is not None else 0
-    if hook is not None:
-        _hooks[token] = hook
-    try:
-        yield np.int32(token)
-    finally:
-        _hooks.pop(token, None)
+# --------------------------------------------------------------------------------------
+# The device side of the plan: pyramid, batches, references, upscale
+# --------------------------------------------------------------------------------------
 
 
-class Program(NamedTuple):
-    """One compiled program of a job with abstract arguments: `function.lower(*args, **kwargs)`."""
+@jax.jit
+def _pyramid_program(image, mask, operators: PyramidOperators):
+    """One image's pyramid: image (H, W, 3), mask (H, W, 1) binary -> [(image (h, w, 3),
+    mask (h, w, 1)) per scale, coarsest first] (see `plan.pyramid_operators`)."""
+    image, mask = image[None], mask[None]
+    if operators.budget is not None:
+        image = pyramid.apply_separable(image, *operators.budget)
+        mask = pyramid.round_up(pyramid.apply_separable(mask, *operators.budget))
+    levels = [(image, mask)]
+    for rows, cols in operators.down[::-1]:
+        image, mask = levels[-1]
+        levels.append((pyramid.apply_separable(image, rows, cols),
+                       pyramid.round_up(pyramid.apply_separable(mask, rows, cols))))
+    return [(x[0], m[0]) for x, m in levels[::-1]]
 
-    padded_size: tuple[int, int]
-    function: Callable
-    args: tuple
-    kwargs: dict
+
+@partial(jax.jit, static_argnames=("padded_size", "copies"))
+def _batch_program(levels, *, padded_size, copies):
+    """One scale's batch: levels [(image (h_i, w_i, 3), mask (h_i, w_i, 1))] -> image
+    (copies, Hp, Wp, 3), mask (copies, Hp, Wp, 1), each reflect-padded at the bottom/right as
+    it would be alone, the last image repeated up to `copies` (`Placement.batch_size`)."""
+    hp, wp = padded_size
+
+    def stack(arrays):
+        x = jnp.stack([jnp.pad(a, ((0, hp - a.shape[0]), (0, wp - a.shape[1]), (0, 0)), mode="reflect")
+                       for a in arrays])
+        return jnp.concatenate([x, jnp.repeat(x[-1:], copies - x.shape[0], axis=0)])
+
+    return stack([x for x, _ in levels]), pyramid.round_up(stack([m for _, m in levels]))
 
 
-def programs(model: Lama, height: int, width: int, *, batch: int = 1, multiscale: bool = True,
-             config: RefineConfig = RefineConfig()) -> list[Program]:
-    """The programs `multiscale` (or with multiscale=False `predict`) runs for `batch` images of
-    height x width, one per scale, with shape/dtype structs as arguments (for `memory` and
-    `jax.export`)."""
-    graphdef, state = nnx.split(model)
-    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+@partial(jax.jit, static_argnames=("frame",))
+def _reference_program(out, sizes, *, frame):
+    """The previous scale's results out (B, Hp', Wp', 3), each cropped to its valid size
+    sizes (B, 2) and zero-padded to frame (Hr, Wr) (`plan.reference_frame`): (B, Hr, Wr, 3)."""
+    hr, wr = frame
+    x = out[:, :hr, :wr]
+    x = jnp.pad(x, ((0, 0), (0, hr - x.shape[1]), (0, wr - x.shape[2]), (0, 0)))
+    rows = jnp.arange(hr)[None, :, None, None] < sizes[:, 0, None, None, None]
+    cols = jnp.arange(wr)[None, None, :, None] < sizes[:, 1, None, None, None]
+    return jnp.where(rows & cols, x, 0.0)
 
-    def spec(*shape, dtype=jnp.float32):
-        return jax.ShapeDtypeStruct(shape, dtype)
 
-    plan = plan_scales(height, width, config, model.config.modulo) if multiscale else [ScalePlan(
-        (height, width), (padded(height, model.config.modulo), padded(width, model.config.modulo)), False, 1.0)]
-    out = []
-    for previous, scale in zip([None] + plan, plan):
-        hp, wp = scale.padded_size
-        if scale.refined:
-            hr, wr = reference_frame(scale.padded_size, previous.size, config.modulo)
-            operands = ScaleOperands(spec(batch, hp, wp, 3), spec(batch, hp, wp, 1), spec(batch, hr, wr, 3),
-                                     spec(batch, hr, hp), spec(batch, wr, wp), spec(batch, hr, hp), spec(batch, wr, wp))
-            controls = Controls(spec(), spec(), spec(dtype=jnp.int32))
-            out.append(Program((hp, wp), _refine_program, (graphdef, state, operands, controls, spec(dtype=jnp.int32)),
-                               dict(settings=ProgramSettings.of(config), report=True)))
-        else:
-            out.append(Program((hp, wp), _predict_program, (graphdef, state, spec(batch, hp, wp, 3),
-                                                            spec(batch, hp, wp, 1)),
-                               dict(compute_dtype=config.compute_dtype if multiscale else "float32")))
-    return out
+@partial(jax.jit, static_argnames=("index", "size"))
+def _upscale_program(out, rows, cols, *, index, size):
+    """Image `index` of out (B, Hp, Wp, 3), cropped to its valid size (h, w), resized with
+    rows (H, h) and cols (W, w) to (H, W, 3)."""
+    h, w = size
+    return pyramid.apply_separable(out[index:index + 1, :h, :w], rows, cols)[0]
 
 
 # --------------------------------------------------------------------------------------
@@ -230,20 +267,116 @@ def programs(model: Lama, height: int, width: int, *, batch: int = 1, multiscale
 # --------------------------------------------------------------------------------------
 
 
-def predict(model: Lama, image: np.ndarray, mask: np.ndarray, *, pad_mode: str = "symmetric", devices=None,
+class Program(NamedTuple):
+    """One call of a compiled program by a driver: `function(*args, **kwargs)`; `scale` the
+    index of the scale it computes (None for the pyramid, batching, reference and upscale)."""
+
+    scale: int | None
+    function: Callable
+    args: tuple
+    kwargs: dict
+
+    def lower(self):
+        return self.function.lower(*self.args, **self.kwargs)
+
+
+def _execute(program: Program):
+    return program.function(*program.args, **program.kwargs)
+
+
+class RunInputs(NamedTuple):
+    """All that a refinement run takes from the host, uploaded in one transfer (a pytree): per
+    image its image (H, W, 3) and mask (H, W, 1) and its `plan.PyramidOperators` and upscale
+    operators (None: none); per refined scale its `plan.ScaleMatrices` (batch padded for the
+    placement); the `Controls` and the progress token."""
+
+    images: list
+    masks: list
+    pyramids: list
+    upscales: list
+    scales: list
+    controls: Controls
+    token: np.ndarray
+
+
+def _run_inputs(images, masks, plans, config: RefineConfig, place: Placement, token, upscale: bool) -> RunInputs:
+    """The host's `RunInputs` (images and masks as given: arrays, or shape structs to trace)."""
+    sizes = [x.shape[:2] for x in images]
+    scales = [jax.tree.map(place.pad_batch, scale_matrices(list(now), list(before), config.modulo))
+              for before, now in zip(zip(*plans), list(zip(*plans))[1:])]
+    upscales = [upscale_operators(size, plan) if upscale else None for size, plan in zip(sizes, plans)]
+    return RunInputs(list(images), list(masks), [pyramid_operators(size, plan) for size, plan in zip(sizes, plans)],
+                     upscales, scales, Controls.of(config), np.int32(token))
+
+
+def _refine_run(graphdef, state, inputs: RunInputs, plans: list[list[ScalePlan]], config: RefineConfig,
+                place: Placement, call: Callable[[Program], object], *, on_scale=None, report=False):
+    """The device side of `multiscale`: every program of the run, in order, through `call`
+    (`_execute` runs it; `trace` lowers it on shape structs). Consumes inputs.images / masks.
+    Returns (out (B', Hp, Wp, 3) the finest scale's composites, [upscaled (H_i, W_i, 3) or
+    None per image], [(ScaleInfo, losses, forwards used) per scale]), all left on the device."""
+    batch, copies, settings = len(plans), place.batch_size(len(plans)), ProgramSettings.of(config)
+    levels = [call(Program(None, _pyramid_program, (x, m, ops), {}))
+              for x, m, ops in zip(inputs.images, inputs.masks, inputs.pyramids)]
+    inputs.images.clear()
+    inputs.masks.clear()
+    out, runs, matrices = None, [], iter(inputs.scales)
+    for index, scales in enumerate(zip(*plans)):  # this scale of every image
+        (hp, wp), refined = scales[0].padded_size, scales[0].refined
+        info = ScaleInfo(scales[0].size, (hp, wp), refined, np.zeros((0, batch), np.float32), 0.0, 1)
+        if on_scale is not None:
+            on_scale(index, len(plans[0]), info)
+        start = time.perf_counter()
+        image, mask = call(Program(None, _batch_program, ([levels_i[index] for levels_i in levels],),
+                                   dict(padded_size=(hp, wp), copies=copies)))
+        for levels_i in levels:
+            levels_i[index] = None  # each level is used once
+        if not refined:
+            out, _ = call(Program(index, _predict_program, (graphdef, state, *place.batched((image, mask))),
+                                  dict(compute_dtype=config.compute_dtype)))
+            losses = used = None
+        else:
+            scale_m = next(matrices)
+            frame = reference_frame((hp, wp), plans[0][index - 1].size, config.modulo)
+            ref = call(Program(None, _reference_program, (out, scale_m.ref_sizes), dict(frame=frame)))
+            operands = place.batched(ScaleOperands(image, mask, ref, *scale_m[:4]))
+            out = ref = image = mask = None  # the previous scale's result lives on in `operands` alone
+            out, losses, used = call(Program(index, _refine_program, (graphdef, state, operands, inputs.controls,
+                                                                      inputs.token),
+                                             dict(settings=settings, report=report)))
+            operands = None
+        jax.block_until_ready(out)
+        info.seconds = time.perf_counter() - start
+        runs.append((info, losses, used))
+    upscaled = [None if ops is None else call(Program(None, _upscale_program, (out, *ops),
+                                                      dict(index=k, size=plan[-1].size)))
+                for k, (ops, plan) in enumerate(zip(inputs.upscales, plans))]
+    return out, upscaled, runs
+
+
+def _predict_run(graphdef, state, image, mask, place: Placement, call: Callable[[Program], object],
+                 compute_dtype: str = "float32"):
+    """The device side of `predict`: image (B', Hp, Wp, 3) and mask (B', Hp, Wp, 1), padded."""
+    return call(Program(0, _predict_program, (graphdef, state, *place.batched((image, mask))),
+                        dict(compute_dtype=compute_dtype)))
+
+
+def predict(model: Generator, image: np.ndarray, mask: np.ndarray, *, pad_mode: str = "symmetric", devices=None,
             spatial: bool = False):
     """LaMa's plain prediction. image (B, H, W, 3) float32 [0, 1]; mask (B, H, W, 1) binary.
 
     Pads bottom/right to the model's modulo (numpy `pad_mode`, 'symmetric' as LaMa's dataset),
     runs the generator, composites and crops. Returns (inpainted, raw prediction), both
     (B, H, W, 3) float32 numpy arrays. devices, spatial: run over these devices (`Placement`).
+    One transfer to the device (image and mask) and one back (both results).
     """
     (b, h, w), place = image.shape[:3], Placement(devices, spatial)
     hp, wp = padded(h, model.config.modulo), padded(w, model.config.modulo)
     graphdef, state = nnx.split(model)
-    inputs = place.batched(tuple(pad_bottom_right(place.pad_batch(x), hp, wp, pad_mode) for x in (image, mask)))
-    out, pred = _predict_program(graphdef, place.weights(state), *inputs)
-    return np.asarray(out)[:b, :h, :w], np.asarray(pred)[:b, :h, :w]
+    inputs = jax.device_put(tuple(pad_bottom_right(place.pad_batch(np.asarray(x, np.float32)), hp, wp, pad_mode)
+                                  for x in (image, mask)))
+    out, pred = jax.device_get(_predict_run(graphdef, place.weights(state), *inputs, place, _execute))
+    return out[:b, :h, :w], pred[:b, :h, :w]
 
 
 @dataclasses.dataclass
@@ -258,21 +391,33 @@ class ScaleInfo:
     iterations: int = 0           # forward passes run (n_iters unless stopped early; 1 for the coarsest)
 
 
-def multiscale(model: Lama, image, mask, config: RefineConfig = RefineConfig(), *,
+def _plans(model: Generator, sizes: list[tuple[int, int]], config: RefineConfig) -> list[list[ScalePlan]]:
+    """Each image's `plan_scales`; ValueError unless they share one run_key."""
+    plans = [plan_scales(*size, config, model.config.modulo) for size in sizes]
+    if len({plan_key(plan, config.modulo) for plan in plans}) > 1:
+        raise ValueError(f"these images have {len({plan_key(p, config.modulo) for p in plans})} different run_keys "
+                         "(pyramid levels that pad to different sizes): refine each group of equal `run_key` on its own")
+    return plans
+
+
+def multiscale(model: Generator, image, mask, config: RefineConfig = RefineConfig(), *,
                on_scale: Callable | None = None, on_iteration: Callable | None = None, devices=None,
-               spatial: bool = False):
+               spatial: bool = False, upscale: bool = False):
     """Multi-scale refinement of a batch of images that share a `plan.run_key`.
 
     image: (B, H, W, 3) float32 [0, 1], or a sequence of (H_i, W_i, 3) arrays of one run_key
     (sizes may differ where every pyramid level pads to the same size); mask likewise
     (..., 1), binary {0, 1}, 1 = hole.
     Returns (result, [ScaleInfo per scale, coarsest first]): result (B, h, w, 3) float32 (a
-    list of (h_i, w_i, 3) for a sequence), where (h, w) is the px_budget size (the caller
-    decides how to bring it back to (H, W)). Each image gets its own pyramid, padded as it
-    would be alone.
+    list of (h_i, w_i, 3) for a sequence), where (h, w) is the px_budget size, or with upscale
+    the input's size (H, W) (the result resized back, bilinear). Each image gets its own
+    pyramid, padded as it would be alone.
 
+    Images and masks go to the device in one transfer and the results (with the losses) come
+    back in one; the pyramid, each scale's padding and reference and the upscale run there.
     on_scale(index, n_scales, ScaleInfo-without-results) is called before each scale;
-    on_iteration(i, losses_per_image) after each iteration of a refined scale.
+    on_iteration(i, losses_per_image) after each iteration of a refined scale (from the
+    running program: its only other traffic).
     devices, spatial: run over these devices, data-parallel or splitting each image's rows
     (`Placement`). Data-parallel, each image's result is the one it gets alone, except that
     early stopping waits for every image of the batch.
@@ -281,47 +426,49 @@ def multiscale(model: Lama, image, mask, config: RefineConfig = RefineConfig(), 
     images, masks = [np.asarray(x, np.float32) for x in image], [np.asarray(x, np.float32) for x in mask]
     if not images or len(images) != len(masks) or any(x.shape[:2] != m.shape[:2] for x, m in zip(images, masks)):
         raise ValueError("refinement needs one or more images and one mask of its image's size per image")
-    plans = [plan_scales(*x.shape[:2], config, model.config.modulo) for x in images]
-    keys = {plan_key(plan, config.modulo) for plan in plans}
-    if len(keys) > 1:
-        raise ValueError(f"these images have {len(keys)} different run_keys (pyramid levels that pad to "
-                         f"different sizes): refine each group of equal `run_key` on its own")
+    plans = _plans(model, [x.shape[:2] for x in images], config)
     batch, place = len(images), Placement(devices, spatial)
     if on_iteration is not None:  # without the copies `place` pads the batch with
         on_iteration = partial(lambda hook, i, losses: hook(i, losses[:batch]), on_iteration)
-    pyramids = [image_pyramid(x, m, plan) for x, m, plan in zip(images, masks, plans)]
-
-    def stack(arrays, hp, wp, mode):  # one (B, hp, wp, C) array, padded as each image alone
-        return np.concatenate([pad_bottom_right(x[None], hp, wp, mode) for x in arrays])
-
     graphdef, state = nnx.split(model)
     state = place.weights(state)
-    settings, controls = ProgramSettings.of(config), Controls.of(config)
-    infos, results = [], None
-    for index, scales in enumerate(zip(*plans)):  # this scale of every image
-        (hp, wp), refined = scales[0].padded_size, scales[0].refined
-        image_p = stack([levels[index][0] for levels in pyramids], hp, wp, "reflect")
-        mask_p = np.asarray(pyramid.round_up(stack([levels[index][1] for levels in pyramids], hp, wp, "reflect")))
-        info = ScaleInfo(scales[0].size, (hp, wp), refined, np.zeros((0, batch), np.float32), 0.0)
-        if on_scale is not None:
-            on_scale(index, len(plans[0]), info)
-        start = time.perf_counter()
-        if not refined:
-            out, _ = _predict_program(graphdef, state, *place.batched((place.pad_batch(image_p),
-                                                                       place.pad_batch(mask_p))),
-                                      compute_dtype=config.compute_dtype)
-            info.iterations = 1
-        else:
-            operands = scale_operands(image_p, mask_p, results, list(scales), config.modulo)
-            operands = place.batched(jax.tree.map(place.pad_batch, operands))
-            with _registered(on_iteration) as token:
-                out, losses, used = _refine_program(graphdef, state, operands, controls, token, settings=settings,
-                                                     report=on_iteration is not None)
-                out = jax.block_until_ready(out)
+    with PROGRESS.open(on_iteration) as token:
+        inputs = jax.device_put(_run_inputs(images, masks, plans, config, place, token, upscale))
+        out, upscaled, runs = _refine_run(graphdef, state, inputs, plans, config, place, _execute, on_scale=on_scale,
+                                          report=on_iteration is not None)
+        out, upscaled, stats = jax.device_get((out, upscaled, [(losses, used) for _, losses, used in runs]))
+    infos = [info for info, _, _ in runs]
+    for info, (losses, used) in zip(infos, stats):
+        if losses is not None:
             info.iterations = int(used)
-            info.losses = np.asarray(losses)[:info.iterations, :batch]
-        out = np.asarray(out)
-        results = [out[k, :h, :w] for k, (h, w) in enumerate(scale.size for scale in scales)]
-        info.seconds = time.perf_counter() - start
-        infos.append(info)
+            info.losses = losses[:info.iterations, :batch]
+    results = [full if full is not None else out[k, :h, :w]
+               for k, (full, (h, w)) in enumerate(zip(upscaled, (plan[-1].size for plan in plans)))]
     return (np.stack(results) if stacked else results), infos
+
+
+def trace(model: Generator, height: int, width: int, call: Callable[[Program], object], *, batch: int = 1,
+          multiscale: bool = True, config: RefineConfig = RefineConfig(), report: bool = True,
+          upscale: bool = False) -> None:
+    """Drive `multiscale` (or with multiscale=False `predict`) for `batch` images of height x
+    width on shape/dtype structs instead of arrays: the same driver calls `call(program)` for
+    every `Program` the real run calls, in order, with structs as arguments; `call` returns
+    the program's outputs as structs, e.g. `program.lower().out_info` (`memory`, `jax.export`).
+    report: the progress-reporting variant of the refined scales."""
+    graphdef, state = nnx.split(model)
+    state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    place, modulo = Placement(), model.config.modulo
+
+    def spec(*shape):
+        return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+    if not multiscale:
+        hp, wp = padded(height, modulo), padded(width, modulo)
+        _predict_run(graphdef, state, spec(batch, hp, wp, 3), spec(batch, hp, wp, 1), place, call)
+        return
+    plans = _plans(model, [(height, width)] * batch, config)
+    host = _run_inputs([spec(height, width, 3)] * batch, [spec(height, width, 1)] * batch, plans, config, place, 0,
+                       upscale)
+    inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+                          if not isinstance(x, jax.ShapeDtypeStruct) else x, host)
+    _refine_run(graphdef, state, inputs, plans, config, place, call, report=report)

@@ -1,14 +1,23 @@
-"""Every compiled program lowers for GPU and TPU: exported with jax.export for "cuda" and "tpu",
-so a construct that only the CPU backend accepts fails here, without an accelerator.
+"""Every compiled program of a run lowers for GPU and TPU, and the exported programs compute
+what the jitted ones do.
 
-The programs are those of `refine.programs`, which `memory.estimate_memory` compiles and
-`refine.multiscale` / `refine.predict` run: the plain forward pass and a refined scale (its
-while_loop of Adam steps, early stopping, the tiled decoder tail), on both kernel paths and in
-both compute dtypes. The progress variant of a refined scale adds a `jax.debug.callback`,
-which JAX supports on every backend but cannot lower for another platform than the one
-present, so it is exported without it.
+`refine.trace` drives `refine.multiscale` (and `refine.predict`) on shape structs and hands
+over every program the real run calls, in order: the pyramid, each scale's batch, the plain
+forward pass, the previous scale's reference, a refined scale (its while_loop of Adam steps,
+early stopping, the tiled decoder tail) and the upscale. Each is exported with jax.export for
+"cuda", "tpu" and "cpu", on both kernel paths and in both compute dtypes, so a construct that
+only the CPU backend accepts fails here, without an accelerator; the CPU export is then run on
+concrete inputs and must give the jitted program's outputs.
+
+The progress-reporting variant (what `inpaint(progress=...)` runs) adds a
+`jax.debug.callback`. JAX can neither serialise host callbacks (jax.export raises
+NotImplementedError) nor lower them for a platform other than the one present, so that variant
+is lowered and compiled for the present backend, and run: it must report every iteration and
+give the outputs of the variant without reporting.
 """
 
+import jax
+import numpy as np
 import pytest
 from flax import nnx
 from jax import export
@@ -16,16 +25,78 @@ from jax import export
 from jax_refine import RefineConfig, ops, refine
 from jax_refine.model import TINY_LAMA, Lama, eval_mode
 
+CONFIG = dict(min_side=32, px_budget=60 * 75, n_iters=3, early_stop=0.01, tile_pixels=72 * 16)
+
+
+def _programs(model, config, *, multiscale=True, report=False):
+    programs = []
+
+    def call(program):
+        programs.append(program)
+        return program.lower().out_info
+
+    refine.trace(model, 64, 80, call, multiscale=multiscale, config=config, report=report,
+                 upscale=multiscale)
+    return programs
+
+
+def _concrete(program, state, rng):
+    """The program's dynamic arguments (without the static graphdef): the model's weights, and
+    random values of every other struct's shape and dtype."""
+    def fill(x):
+        if np.issubdtype(x.dtype, np.integer):
+            return rng.integers(1, 4, x.shape).astype(x.dtype)
+        return rng.uniform(size=x.shape).astype(x.dtype)
+
+    args = program.args[1:] if program.scale is not None else program.args
+    if program.scale is not None:
+        args = (state,) + tuple(jax.tree.map(fill, args[1:]))
+    return tuple(jax.tree.map(fill, args)) if program.scale is None else args
+
 
 @pytest.mark.parametrize("kernels", ops.KERNELS)
 @pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
 @pytest.mark.slow
-def test_every_program_exports_for_cuda_and_tpu(kernels, compute_dtype):
+def test_every_program_of_a_run_exports_and_computes_what_it_runs(kernels, compute_dtype):
     model = eval_mode(Lama(TINY_LAMA, rngs=nnx.Rngs(0), kernels=kernels))
-    config = RefineConfig(min_side=32, n_iters=3, early_stop=0.01, tile_pixels=80 * 16, compute_dtype=compute_dtype)
-    programs = refine.programs(model, 64, 80, config=config) + refine.programs(model, 64, 80, multiscale=False)
-    assert [p.padded_size for p in programs] == [(32, 40), (64, 80), (64, 80)]
+    config = RefineConfig(compute_dtype=compute_dtype, **CONFIG)
+    programs = _programs(model, config) + _programs(model, config, multiscale=False)
+    # pyramid, batch, plain forward (scale 0), batch, reference, refined scale 1, upscale; plain
+    assert [p.scale for p in programs] == [None, None, 0, None, None, 1, None, 0]
+    shapes = [[tuple(s.shape) for s in jax.tree.leaves(p.lower().out_info)] for p in programs]
+    assert shapes[0] == [(30, 37, 3), (30, 37, 1), (60, 75, 3), (60, 75, 1)]  # px_budget 60 x 75
+    assert shapes[4] == [(1, 32, 40, 3)] and shapes[6] == [(64, 80, 3)]
+    state, rng = nnx.split(model)[1], np.random.default_rng(0)
     for program in programs:
-        kwargs = dict(program.kwargs, report=False) if "report" in program.kwargs else program.kwargs
-        exported = export.export(program.function, platforms=("cuda", "tpu"))(*program.args, **kwargs)
-        assert exported.platforms == ("cuda", "tpu") and exported.mlir_module_serialized
+        exported = export.export(program.function, platforms=("cuda", "tpu", "cpu"))(*program.args, **program.kwargs)
+        assert exported.platforms == ("cuda", "tpu", "cpu")
+        lowered = program.lower()
+        assert exported.out_avals == tuple(jax.core.ShapedArray(s.shape, s.dtype)
+                                           for s in jax.tree.leaves(lowered.out_info))
+        args = _concrete(program, state, rng)
+        assert [a.shape for a in exported.in_avals] == [np.shape(a) for a in jax.tree.leaves(args)]
+        expected = program.function(*((program.args[0],) if program.scale is not None else ()), *args,
+                                    **program.kwargs)
+        got = exported.call(*args)
+        for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
+            assert e.shape == g.shape and e.dtype == g.dtype
+            np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(e, np.float32), rtol=0, atol=1e-5)
+    # the refined scale: (B, Hp, Wp, 3) composites, (n_iters, B) losses, forwards used
+    refined = programs[5]
+    assert [tuple(s.shape) for s in jax.tree.leaves(refined.lower().out_info)] == [(1, 64, 80, 3), (3, 1), ()]
+
+
+@pytest.mark.slow
+def test_the_progress_variant_lowers_reports_every_iteration_and_computes_the_same(tiny_model):
+    config = RefineConfig(**dict(CONFIG, early_stop=None))
+    loud = [p for p in _programs(tiny_model, config, report=True) if p.scale == 1]
+    assert loud[0].kwargs["report"] and "callback" in loud[0].lower().as_text()
+    image, mask = np.random.default_rng(2).uniform(size=(2, 64, 80, 3)).astype(np.float32)
+    mask = (mask[..., :1] > 0.7).astype(np.float32)
+    seen = []
+    reported, scales = refine.multiscale(tiny_model, image[None], mask[None], config, upscale=True,
+                                         on_iteration=lambda i, losses: seen.append((i, losses)))
+    quiet, _ = refine.multiscale(tiny_model, image[None], mask[None], config, upscale=True)
+    np.testing.assert_array_equal(reported, quiet)
+    assert reported.shape == (1, 64, 80, 3) and [i for i, _ in seen] == [0, 1, 2]
+    np.testing.assert_array_equal(np.concatenate([losses for _, losses in seen]), scales[1].losses[:, 0])

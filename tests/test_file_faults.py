@@ -258,7 +258,9 @@ def test_api_arguments_are_checked_at_the_boundary(tiny_model, photo, tmp_path):
     with pytest.raises(TypeError, match="config must be a jax_refine.RefineConfig or None, got dict"):
         jax_refine.estimate((32, 40), tiny_model, config={"n_iters": 2})
     with pytest.raises(TypeError, match="config must be a jax_refine.RefineConfig or None, got dict"):
-        jax_refine.inpaint_files(tmp_path, tmp_path / "out", config={"n_iters": 2})
+        jax_refine.inpaint_files(tmp_path, tmp_path / "out", settings=jax_refine.JobSettings(config={"n_iters": 2}))
+    with pytest.raises(TypeError, match="settings must be a JobSettings, got dict"):
+        jax_refine.inpaint_files(tmp_path, tmp_path / "out", settings={"batch_size": 2})
     result = jax_refine.inpaint(image, hole, tiny_model, method="plain", config=RefineConfig(), progress=False,
                                 devices=jax.devices()[:1])
     assert result.shape == image.shape  # the right types pass
@@ -277,7 +279,8 @@ def test_an_output_folder_inside_the_input_folder_is_left_out_and_said(tmp_path,
     out = capsys.readouterr().out
     assert out.startswith("1 done, 0 failed")
     assert f"  left out {data / 'out'}: the output folder, inside the input folder" in out
-    summary = jax_refine.inpaint_files(data, data / "out", model=tiny_checkpoint, method="plain", overwrite=True)
+    summary = jax_refine.inpaint_files(data, data / "out", model=tiny_checkpoint,
+                                       settings=jax_refine.JobSettings(method="plain", overwrite=True))
     assert (summary.done, summary.left_out) == (1, [str(data / "out")])
 
 

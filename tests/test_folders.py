@@ -194,14 +194,17 @@ def test_inpaint_files_is_the_cli_job_from_python(tmp_path, tiny_model, photo, c
     mask_image(photo[1][::-1]).save(data / "a_mask002.png")
     (data / "bad.png").write_bytes(b"not a png")
     mask_image(photo[1]).save(data / "bad_mask.png")
-    summary = jax_refine.inpaint_files(data, out, model=tiny_model, method="plain", batch_size=2)
+    summary = jax_refine.inpaint_files(data, out, model=tiny_model,
+                                       settings=jax_refine.JobSettings(method="plain", batch_size=2))
     assert (summary.done, summary.skipped, summary.processes) == (2, 0, 1)
     assert summary.failures == [(str(data / "bad.png"), "cannot read image: not an image file of a format PIL reads")]
     assert capsys.readouterr() == ("", "")  # not verbose: nothing printed
     for name, hole in (("a_mask001.png", photo[1]), ("a_mask002.png", photo[1][::-1])):
         alone = jax_refine.inpaint(photo[0], hole, tiny_model, method="plain")
         assert np.abs(np.asarray(Image.open(out / name)).astype(int) - np.asarray(alone)).max() <= 1
-    again = jax_refine.inpaint_files(data, out, model=tiny_model, method="plain", skip_existing=True)
+    again = jax_refine.inpaint_files(data, out, model=tiny_model,
+                                     settings=jax_refine.JobSettings(method="plain", skip_existing=True))
     assert (again.done, again.skipped, len(again.failures)) == (0, 2, 1)
     with pytest.raises(files.UsageError, match="overwrite replaces existing outputs, skip_existing keeps them"):
-        jax_refine.inpaint_files(data, out, model=tiny_model, overwrite=True, skip_existing=True)
+        jax_refine.inpaint_files(data, out, model=tiny_model,
+                                 settings=jax_refine.JobSettings(overwrite=True, skip_existing=True))

@@ -229,7 +229,7 @@ def test_tiny_images_with_extreme_settings(tiny_model):
 @pytest.mark.parametrize("schedule", ["halving", "adaptive"])
 def test_every_tiny_size_plans_a_pyramid_that_can_be_built(schedule):
     """Sizes 1..12 px with min_side 1..3, up to 6 scales, px budgets down to 1 px: every plan's
-    resize and blur matrices exist (what image_pyramid and scale_operands build)."""
+    resize and blur matrices exist (what plan.pyramid_operators and plan.scale_matrices build)."""
     for h, w, min_side, budget in itertools.product(range(1, 13), range(1, 13), (1, 2, 3), (1, 5, 32, 10**6)):
         config = RefineConfig(min_side=min_side, max_scales=6, px_budget=budget, scale_schedule=schedule)
         scales = plan.plan_scales(h, w, config)
