@@ -46,8 +46,13 @@ def square_inputs(image_path: Path, size: int, kind: str = "thick", seed: int = 
 
 
 def peak_rss_gib() -> float:
-    """This process's peak resident memory so far (Linux: ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This process's peak resident memory so far: Linux's VmHWM (ru_maxrss would include the
+    parent's resident set at fork, which Linux carries across exec), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            return int(f.read().split("VmHWM:")[1].split()[0]) / 2**20
+    except (OSError, IndexError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20)
 
 
 def compile_seconds() -> dict:
