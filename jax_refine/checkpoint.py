@@ -465,14 +465,16 @@ def load(path: str | os.PathLike) -> Generator:
     path = Path(path).absolute()
     meta = read_metadata(path)
     config = config_from_record(meta["config"], str(path))
-    stored = read_params(path, config)
+    abstract = abstract_generator(config)  # built once: tracing its constructor is most of a small model's load
+    stored = read_params(path, config, abstract)
     check_params(stored, meta.get("params_sha256"), str(path))
-    return model_from_flat(stored, config, str(path))
+    return model_from_flat(stored, config, str(path), abstract)
 
 
-def read_params(path: Path, config) -> dict[tuple, np.ndarray]:
+def read_params(path: Path, config, abstract=None) -> dict[tuple, np.ndarray]:
     """params/ of the checkpoint `path` as flat {path of str parts: numpy array}, after the
-    stored shapes were checked against `config` from orbax's metadata (no array read yet)."""
+    stored shapes were checked against `config` from orbax's metadata (no array read yet);
+    abstract: `abstract_generator(config)`, if the caller has it."""
     import jax
     import orbax.checkpoint as ocp
 
@@ -486,7 +488,7 @@ def read_params(path: Path, config) -> dict[tuple, np.ndarray]:
     if metadata is None or not isinstance(metadata.tree, Mapping):
         raise CheckpointError(f"{damaged}: its metadata is unreadable")
     check_shapes({key: tuple(getattr(m, "shape", ()) or ()) for key, m in _flatten(metadata.tree).items()},
-                 config, str(path))
+                 config, str(path), abstract)
     try:
         # as numpy arrays, not jax.Arrays placed as when saved: then every process of a
         # jax.distributed job restores its own copy (orbax refuses the saved topology there)
@@ -513,13 +515,14 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def check_shapes(shapes: Mapping[tuple, tuple], config, source: str) -> None:
+def check_shapes(shapes: Mapping[tuple, tuple], config, source: str, abstract=None) -> None:
     """Raise CheckpointError (every missing, unexpected and mis-shaped entry) unless `shapes`
-    {state path of str parts: shape} are those of a generator of `config`."""
+    {state path of str parts: shape} are those of a generator of `config` (whose
+    `abstract_generator`, if the caller has it, is `abstract`)."""
     from flax import nnx
 
     expected = {tuple(str(p) for p in path): tuple(v.shape)
-                for path, v in nnx.to_flat_state(nnx.state(abstract_generator(config)))}
+                for path, v in nnx.to_flat_state(nnx.state(abstract or abstract_generator(config)))}
     missing = sorted(".".join(k) for k in set(expected) - set(shapes))
     unexpected = sorted(".".join(k) for k in set(shapes) - set(expected))
     misshaped = [f"{'.'.join(k)}: {shapes[k]} (expected {shape})"
@@ -540,16 +543,17 @@ def check_params(flat: Mapping[tuple, np.ndarray], digest: str | None, source: s
                               + listing(not_finite))
 
 
-def model_from_flat(flat: Mapping[tuple, np.ndarray], config, source: str = "weights") -> Generator:
+def model_from_flat(flat: Mapping[tuple, np.ndarray], config, source: str = "weights", abstract=None) -> Generator:
     """An inference-mode generator of `config` from flat {state path: array}; paths may use
     str or int parts. Strict: one CheckpointError lists every missing, unexpected and
-    mis-shaped entry (`check_shapes`).
+    mis-shaped entry (`check_shapes`). abstract: `abstract_generator(config)`, if the caller has it.
     """
     from flax import nnx
 
     stored = {tuple(str(p) for p in path): np.asarray(v) for path, v in flat.items()}
-    check_shapes({key: value.shape for key, value in stored.items()}, config, source)
-    graphdef, abstract_state = nnx.split(abstract_generator(config))
+    abstract = abstract or abstract_generator(config)
+    check_shapes({key: value.shape for key, value in stored.items()}, config, source, abstract)
+    graphdef, abstract_state = nnx.split(abstract)
     expected = {tuple(str(p) for p in path): (path, v) for path, v in nnx.to_flat_state(abstract_state)}
     state = nnx.from_flat_state(
         {path: variable.replace(jnp.asarray(stored[key], jnp.float32)) for key, (path, variable) in expected.items()})
