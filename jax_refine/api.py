@@ -294,9 +294,7 @@ def inpaint_batch_with_info(images, masks, model: Generator | str | os.PathLike 
     images, masks = list(images), list(masks)
     if len(images) != len(masks):
         raise ValueError(f"got {len(images)} images but {len(masks)} masks")
-    devices = list(jax.devices() if devices is None else devices)
-    if not devices:
-        raise ValueError("devices is empty")
+    devices = jax.devices() if devices is None else devices  # a non-empty list (check_arguments)
     batch_size = len(devices) if batch_size is None else batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")

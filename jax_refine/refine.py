@@ -394,8 +394,9 @@ class ScaleInfo:
 def _plans(model: Generator, sizes: list[tuple[int, int]], config: RefineConfig) -> list[list[ScalePlan]]:
     """Each image's `plan_scales`; ValueError unless they share one run_key."""
     plans = [plan_scales(*size, config, model.config.modulo) for size in sizes]
-    if len({plan_key(plan, config.modulo) for plan in plans}) > 1:
-        raise ValueError(f"these images have {len({plan_key(p, config.modulo) for p in plans})} different run_keys "
+    keys = {plan_key(plan, config.modulo) for plan in plans}
+    if len(keys) > 1:
+        raise ValueError(f"these images have {len(keys)} different run_keys "
                          "(pyramid levels that pad to different sizes): refine each group of equal `run_key` on its own")
     return plans
 
