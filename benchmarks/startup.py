@@ -4,8 +4,8 @@
     python benchmarks/startup.py --runs 3 -- --model big-lama   # extra arguments go to the command
 
 Each run is a fresh process running `jax-refine inpaint examples/dune.png
-examples/dune_mask.png -o OUT` (the command's own `main`, called by a small wrapper that
-times it) with JAX_REFINE_HOME set to a new temporary folder, so the default compilation
+examples/dune_mask.png -o OUT` (the executable's entry point `cli.command`, called by a small
+wrapper that times it) with JAX_REFINE_HOME set to a new temporary folder, so the default compilation
 cache `$JAX_REFINE_HOME/xla` is empty for the first run and full for the later ones.
 
 A run's wall-clock time (seen from this process) is split into
@@ -72,7 +72,7 @@ def worker(argv: list[str]) -> None:
             loads.append((start, time.time()))
 
     checkpoint.load = timed_load
-    status = cli.main(argv)
+    status = cli.command(argv)  # the executable's entry point, as `jax-refine` runs it
     ended = time.time()
     every = [s for parts in spans.values() for s in parts]
     compile_s = union(every)

@@ -341,10 +341,10 @@ def test_scripts_in_a_subprocess(tmp_path, tiny_checkpoint, pairs):
                            tmp_path / "tiny"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "135,571 parameters" in done.stdout
-    # the console script's module, with a persistent compilation cache
+    # the executable's entry point (`python -m jax_refine`), with a persistent compilation cache
     pairs["coffee"][0].save(tmp_path / "x.png")
     pairs["coffee"][1].save(tmp_path / "x_mask.png")
-    done = subprocess.run([sys.executable, "-m", "jax_refine.cli", "inpaint", "x.png", "x_mask.png", "-o", "y.png",
+    done = subprocess.run([sys.executable, "-m", "jax_refine", "inpaint", "x.png", "x_mask.png", "-o", "y.png",
                            "--model", "tiny", "--no-refine", "--compilation-cache", "cache"],
                           cwd=tmp_path, env=dict(env, PYTHONPATH=str(REPO)), capture_output=True, text=True,
                           timeout=120)
@@ -352,6 +352,21 @@ def test_scripts_in_a_subprocess(tmp_path, tiny_checkpoint, pairs):
     assert "1 done, 0 failed" in done.stdout
     assert_known_pixels_kept(tmp_path / "y.png", *pairs["coffee"])
     assert any((tmp_path / "cache").iterdir())
+
+
+def test_the_executable_is_main_with_the_heap_frozen_around_it(monkeypatch):
+    """The console script (pyproject) and `python -m jax_refine` call `command`: `main`, with
+    the imports' objects frozen before it and the run's after it (exit skips walking them)."""
+    import tomllib
+
+    with open(REPO / "pyproject.toml", "rb") as f:
+        assert tomllib.load(f)["project"]["scripts"]["jax-refine"] == "jax_refine.cli:command"
+    assert "command()" in (REPO / "jax_refine" / "__main__.py").read_text()
+    calls = []
+    monkeypatch.setattr(cli.gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(cli, "main", lambda argv: calls.append(("main", argv)) or 7)
+    assert cli.command(["inpaint"]) == 7
+    assert calls == ["freeze", ("main", ["inpaint"]), "freeze"]
 
 
 @pytest.mark.slow
