@@ -92,12 +92,12 @@ def run_python_loop(args):
 
     @jax.jit
     def init(state, operands):
-        z, _ = refine.scale_problem(graphdef, state, operands, settings)
+        z = refine.initial_features(graphdef, state, operands, settings)
         return z, tx.init(z)
 
     @jax.jit
     def step(state, z, opt_state, operands):
-        _, loss_fn = refine.scale_problem(graphdef, state, operands, settings)
+        loss_fn = refine.scale_loss(graphdef, state, operands, settings)
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(z)
         updates, opt_state = tx.update(grads, opt_state, z)
         return optax.apply_updates(z, updates), opt_state, loss

@@ -62,7 +62,8 @@ def estimate_memory(model: Generator, height: int, width: int, *, batch: int = 1
         stats = lowered.compile().memory_analysis()
         if stats is None:
             raise RuntimeError(f"the {jax.default_backend()} backend reports no memory statistics")
-        total = stats.temp_size_in_bytes + stats.output_size_in_bytes + stats.argument_size_in_bytes
+        total = (stats.temp_size_in_bytes + stats.output_size_in_bytes + stats.argument_size_in_bytes
+                 - stats.alias_size_in_bytes)  # outputs in donated arguments' buffers count once
         used.append((program.scale, total - (weights if program.scale is not None else 0)))
         return lowered.out_info
 
@@ -70,7 +71,11 @@ def estimate_memory(model: Generator, height: int, width: int, *, batch: int = 1
           upscale=multiscale and config.full_size_output)
     padded = ([s.padded_size for s in plan_scales(height, width, config)] if multiscale
               else [(pad(height, model.config.modulo), pad(width, model.config.modulo))])
-    scales = list(zip(padded, [b for scale, b in used if scale is not None]))
+    per_scale = {}  # a refined scale runs several programs: the largest counts
+    for scale, b in used:
+        if scale is not None:
+            per_scale[scale] = max(per_scale.get(scale, 0), b)
+    scales = list(zip(padded, [per_scale[k] for k in sorted(per_scale)]))
     # the caller's input, its float32 copy and the results on the host; the pyramid and each
     # scale's batch live on the device, inside the programs' arguments
     host = 3 * 16 * height * width * batch

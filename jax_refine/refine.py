@@ -6,27 +6,30 @@ forward pass; at each finer scale z = front(image, mask) is optimised with Adam 
 rear(z), blurred and halved, matches the previous scale's result inside the (eroded) hole
 and the image outside it. n_iters forward passes and n_iters - 1 Adam steps per scale.
 
-Each scale is one `jax.jit` program (`_refine_program`) whose iterations run in a
-`lax.while_loop` carrying (z, optimizer state), bounded by n_iters and optionally stopped
-early when the loss stops improving (RefineConfig.early_stop). Weights are arguments, not
-constants, and everything that depends on an image's valid (unpadded) size is data
-(`plan.ScaleOperands`), so a second image of the same padded size reuses the program.
+A refined scale's iterations run in a `lax.while_loop` of `_refine_steps`, carrying its
+`Refinement` (z, optimizer state, losses), bounded by n_iters and optionally stopped early
+when the loss stops improving (RefineConfig.early_stop); `_refine_start` computes z0 and
+`_composite_program` the result. A run that reports its iterations calls `_refine_steps`
+once per forward pass (`Controls.forwards_per_call` is data) and reads the losses back in
+between, instead of calling back into Python from the program: a program with a host
+callback is never stored in JAX's persistent compilation cache, and this way the reporting
+and the quiet run share one compiled program. Weights are arguments, not constants, and
+everything that depends on an image's valid (unpadded) size is data (`plan.ScaleOperands`),
+so a second image of the same padded size reuses the programs.
 
 A run stays on the device: the host uploads each image and mask with the plan's small
 matrices in one transfer (`RunInputs`), small programs build the pyramid, each scale's
 padded batch and the previous scale's reference and the final upscale, each scale's
-program passes its result on as a device array, and the results and losses come back in
-one transfer. One program per scale (rather than one for the whole run) keeps only one
-scale's working set alive at a time, so the peak is that of the largest scale. The driver
+programs pass their results on as device arrays, and the results and losses come back in
+one transfer. Programs per scale (rather than one for the whole run) keep only one scale's
+working set alive at a time, so the peak is that of the largest scale. The driver
 (`_refine_run`) calls every program through a `call` argument, so `trace` runs the same
 code on shape structs for `memory` and `jax.export`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import itertools
 import time
 from collections.abc import Callable
 from functools import partial
@@ -42,7 +45,7 @@ from . import pyramid
 from .losses import reference_hole, refinement_loss
 from .contract import Generator, model_input
 from .placement import Placement
-from .plan import (PyramidOperators, RefineConfig, ScaleMatrices, ScaleOperands, ScalePlan, pad_bottom_right, padded,
+from .plan import (PyramidOperators, RefineConfig, ScaleOperands, ScalePlan, pad_bottom_right, padded,
                    plan_key, plan_scales, pyramid_operators, reference_frame, scale_matrices, upscale_operators)
 
 
@@ -61,17 +64,20 @@ class ProgramSettings(NamedTuple):
 
 
 class Controls(NamedTuple):
-    """The dynamic scalars of a refined scale's program: Adam's learning rate, the early-stop
-    tolerance (-inf: never) and window."""
+    """The dynamic scalars of a refined scale's programs: Adam's learning rate, the early-stop
+    tolerance (-inf: never) and window, and the forward passes each call of `_refine_steps`
+    runs (n_iters: all in one call; 1: one per call, for a run that reports every iteration)."""
 
     lr: jax.Array
     stop_tol: jax.Array
     stop_window: jax.Array
+    forwards_per_call: jax.Array
 
     @classmethod
-    def of(cls, config: RefineConfig) -> Controls:
+    def of(cls, config: RefineConfig, *, report: bool = False) -> Controls:
         tol = -np.inf if config.early_stop is None else config.early_stop
-        return cls(np.float32(config.lr), np.float32(tol), np.int32(config.early_stop_window))
+        return cls(np.float32(config.lr), np.float32(tol), np.int32(config.early_stop_window),
+                   np.int32(1 if report else config.n_iters))
 
 
 # --------------------------------------------------------------------------------------
@@ -95,12 +101,17 @@ def _predict_program(graphdef, state, image, mask, *, compute_dtype="float32"):
     return mask * pred + (1 - mask) * image, pred
 
 
-def scale_problem(graphdef, state, operands: ScaleOperands, settings: ProgramSettings):
-    """The optimisation problem of one refined scale, as pure functions (trace inside jit).
+def initial_features(graphdef, state, operands: ScaleOperands, settings: ProgramSettings):
+    """A refined scale's starting point z0 = front(image, mask), float32 (trace inside jit)."""
+    model = _compute_model(graphdef, state, settings.compute_dtype)
+    x = model_input(model.config, operands.image, operands.mask).astype(settings.compute_dtype)
+    return jax.tree.map(lambda t: t.astype(jnp.float32), model.front(x))
 
-    Returns (z0, loss_fn) with loss_fn(z) -> (summed loss, (loss per image (B,), prediction)).
-    z stays float32; the network runs in settings.compute_dtype, the losses in float32.
-    """
+
+def scale_loss(graphdef, state, operands: ScaleOperands, settings: ProgramSettings):
+    """A refined scale's objective, a pure function of z (trace inside jit): loss_fn(z) ->
+    (summed loss, (loss per image (B,), prediction (B, Hp, Wp, 3))). z stays float32; the
+    network runs in settings.compute_dtype, the losses in float32."""
     model = _compute_model(graphdef, state, settings.compute_dtype)
     image, mask = operands.image, operands.mask
     hole = reference_hole(mask, operands.half_rows, operands.half_cols, settings.erosion)
@@ -115,7 +126,7 @@ def scale_problem(graphdef, state, operands: ScaleOperands, settings: ProgramSet
         # Summing per-image losses gives each image the gradient it would get alone.
         return jnp.sum(per_image), (per_image, pred)
 
-    return jax.tree.map(lambda t: t.astype(jnp.float32), model.front(x)), loss_fn
+    return loss_fn
 
 
 def adam(lr):
@@ -123,87 +134,72 @@ def adam(lr):
     return optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "settings", "report"))
-def _refine_program(graphdef, state, operands: ScaleOperands, controls: Controls, hook_token, *,
-                    settings: ProgramSettings, report=False):
-    """One refined scale: at most n_iters forwards and n_iters - 1 Adam steps in a while_loop,
-    stopping early once every image's relative loss improvement over `controls.stop_window`
-    iterations is below `controls.stop_tol`. report: report to the hook of `hook_token` (`PROGRESS`)
-    after every forward. Returns (composite (B, Hp, Wp, 3), losses (n_iters, B), zero after the
-    stop, forwards used (int32))."""
-    z, loss_fn = scale_problem(graphdef, state, operands, settings)
-    tx, n_iters = adam(controls.lr), settings.n_iters
-    image, mask = operands.image, operands.mask
+class Refinement(NamedTuple):
+    """A refined scale between calls of its programs, on the device: the forward passes done
+    (int32), the features z, Adam's state, the loss of every forward pass and image (n_iters, B)
+    (zero where none ran), the prediction (B, Hp, Wp, 3) of the forward pass that stopped the
+    scale early or of the last one (zero before), and whether it stopped early."""
+
+    forwards: jax.Array
+    z: tuple
+    opt_state: optax.OptState
+    losses: jax.Array
+    pred: jax.Array
+    stopped: jax.Array
+
+
+@partial(jax.jit, static_argnames=("graphdef", "settings"))
+def _refine_start(graphdef, state, operands: ScaleOperands, controls: Controls, *,
+                  settings: ProgramSettings) -> Refinement:
+    """A refined scale before its first forward pass: z0 = front(image, mask), Adam's state."""
+    z = initial_features(graphdef, state, operands, settings)
+    return Refinement(jnp.int32(0), z, adam(controls.lr).init(z),
+                      jnp.zeros((settings.n_iters, operands.image.shape[0]), jnp.float32),
+                      jnp.zeros(operands.image.shape, jnp.float32), jnp.bool_(False))
+
+
+@partial(jax.jit, static_argnames=("graphdef", "settings"), donate_argnames=("run",))
+def _refine_steps(graphdef, state, operands: ScaleOperands, controls: Controls, run: Refinement, *,
+                  settings: ProgramSettings) -> Refinement:
+    """The next `controls.forwards_per_call` forward passes of a refined scale, in a
+    while_loop: forward i < n_iters - 1 is followed by an Adam step, forward n_iters - 1 is
+    the last; the scale stops early once every image's relative loss improvement over
+    `controls.stop_window` forward passes is below `controls.stop_tol` (z then stays at the
+    features of the forward pass that stopped it, whose prediction is kept). `run` is donated:
+    the result takes its buffers."""
+    loss_fn, tx, n_iters = scale_loss(graphdef, state, operands, settings), adam(controls.lr), settings.n_iters
+    until = jnp.minimum(run.forwards + controls.forwards_per_call, n_iters)
 
     def converged(losses, i):
         before = losses[jnp.maximum(i - controls.stop_window, 0)]
         gain = (before - losses[i]) / jnp.maximum(before, jnp.finfo(jnp.float32).tiny)
         return (i >= controls.stop_window) & jnp.all(gain < controls.stop_tol)
 
-    def keep_going(carry):
-        i, *_, stopped = carry
-        return (i < n_iters - 1) & ~stopped
+    def keep_going(run):
+        return (run.forwards < jnp.minimum(until, n_iters - 1)) & ~run.stopped
 
-    def step(carry):
-        i, z, opt_state, losses, _, _ = carry
-        (_, (per_image, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(z)
-        if report:
-            jax.debug.callback(PROGRESS.dispatch, hook_token, i, per_image)
-        losses = losses.at[i].set(per_image)
+    def step(run):
+        i = run.forwards
+        (_, (per_image, pred)), grads = jax.value_and_grad(loss_fn, has_aux=True)(run.z)
+        losses = run.losses.at[i].set(per_image)
         stopped = converged(losses, i)
-        updates, opt_state = tx.update(grads, opt_state, z)
-        # on a stop, z stays at this iteration's features, whose prediction is `pred`
-        z = jax.tree.map(lambda new, old: jnp.where(stopped, old, new), optax.apply_updates(z, updates), z)
-        return i + 1, z, opt_state, losses, pred, stopped
+        updates, opt_state = tx.update(grads, run.opt_state, run.z)
+        z = jax.tree.map(lambda new, old: jnp.where(stopped, old, new), optax.apply_updates(run.z, updates), run.z)
+        return Refinement(i + 1, z, opt_state, losses, pred, stopped)
 
-    losses = jnp.zeros((n_iters, image.shape[0]), jnp.float32)
-    carry = (jnp.int32(0), z, tx.init(z), losses, jnp.zeros_like(image), jnp.bool_(False))
-    i, z, _, losses, pred, stopped = jax.lax.while_loop(keep_going, step, carry)
+    def last_forward(run):
+        _, (per_image, pred) = loss_fn(run.z)
+        return run._replace(forwards=jnp.int32(n_iters), losses=run.losses.at[n_iters - 1].set(per_image), pred=pred)
 
-    def last_forward():
-        _, (per_image, pred) = loss_fn(z)
-        if report:
-            jax.debug.callback(PROGRESS.dispatch, hook_token, n_iters - 1, per_image)
-        return pred, losses.at[n_iters - 1].set(per_image), jnp.int32(n_iters)
-
-    pred, losses, used = jax.lax.cond(stopped, lambda: (pred, losses, i), last_forward)
-    return mask * pred + (1 - mask) * image, losses, used
+    run = jax.lax.while_loop(keep_going, step, run)
+    last = (run.forwards == n_iters - 1) & (until == n_iters) & ~run.stopped
+    return jax.lax.cond(last, last_forward, lambda run: run, run)
 
 
-class ProgressChannel:
-    """How a compiled refinement program reports its iterations to the run that called it.
-
-    A compiled program can call back into Python only through a function fixed when it was
-    traced (`jax.debug.callback`): a new callable per run, or per hook, would be a new program,
-    compiled again. So every program calls `dispatch` of the one channel `PROGRESS` with a
-    token that is data (a traced int32, so no recompilation), and the channel forwards to the
-    hook that the run in progress registered under that token (`open`). XLA runs host
-    callbacks on its own threads, where a context variable set by the run is not seen: hence
-    a table. It holds the hooks of the runs in progress only; token 0 reports to nobody.
-    """
-
-    def __init__(self):
-        self._hooks: dict[int, Callable] = {}
-        self._tokens = itertools.count(1)
-
-    def dispatch(self, token, i, per_image) -> None:
-        hook = self._hooks.get(int(token))
-        if hook is not None:
-            hook(int(i), np.asarray(per_image))
-
-    @contextlib.contextmanager
-    def open(self, hook: Callable | None):
-        """Register hook(i, losses (B,)) for one run: yields its token (np.int32, 0 for None)."""
-        token = next(self._tokens) if hook is not None else 0
-        if hook is not None:
-            self._hooks[token] = hook
-        try:
-            yield np.int32(token)
-        finally:
-            self._hooks.pop(token, None)
-
-
-PROGRESS = ProgressChannel()
+@jax.jit
+def _composite_program(pred, image, mask):
+    """The prediction inside the hole, the image outside: all (B, Hp, Wp, C), mask binary."""
+    return mask * pred + (1 - mask) * image
 
 
 # --------------------------------------------------------------------------------------
@@ -288,7 +284,7 @@ class RunInputs(NamedTuple):
     """All that a refinement run takes from the host, uploaded in one transfer (a pytree): per
     image its image (H, W, 3) and mask (H, W, 1) and its `plan.PyramidOperators` and upscale
     operators (None: none); per refined scale its `plan.ScaleMatrices` (batch padded for the
-    placement); the `Controls` and the progress token."""
+    placement); the `Controls`."""
 
     images: list
     masks: list
@@ -296,23 +292,26 @@ class RunInputs(NamedTuple):
     upscales: list
     scales: list
     controls: Controls
-    token: np.ndarray
 
 
-def _run_inputs(images, masks, plans, config: RefineConfig, place: Placement, token, upscale: bool) -> RunInputs:
+def _run_inputs(images, masks, plans, config: RefineConfig, place: Placement, upscale: bool, *,
+                report: bool = False) -> RunInputs:
     """The host's `RunInputs` (images and masks as given: arrays, or shape structs to trace)."""
     sizes = [x.shape[:2] for x in images]
     scales = [jax.tree.map(place.pad_batch, scale_matrices(list(now), list(before), config.modulo))
               for before, now in zip(zip(*plans), list(zip(*plans))[1:])]
     upscales = [upscale_operators(size, plan) if upscale else None for size, plan in zip(sizes, plans)]
     return RunInputs(list(images), list(masks), [pyramid_operators(size, plan) for size, plan in zip(sizes, plans)],
-                     upscales, scales, Controls.of(config), np.int32(token))
+                     upscales, scales, Controls.of(config, report=report))
 
 
 def _refine_run(graphdef, state, inputs: RunInputs, plans: list[list[ScalePlan]], config: RefineConfig,
-                place: Placement, call: Callable[[Program], object], *, on_scale=None, report=False):
+                place: Placement, call: Callable[[Program], object], *, on_scale=None, on_forward=None):
     """The device side of `multiscale`: every program of the run, in order, through `call`
     (`_execute` runs it; `trace` lowers it on shape structs). Consumes inputs.images / masks.
+    A refined scale is `_refine_start`, then `_refine_steps` until its forward passes are done
+    (one call, unless `inputs.controls` asks for fewer per call), then `_composite_program`;
+    on_forward(Refinement) -> stopped, if given, is called after every `_refine_steps` call.
     Returns (out (B', Hp, Wp, 3) the finest scale's composites, [upscaled (H_i, W_i, 3) or
     None per image], [(ScaleInfo, losses, forwards used) per scale]), all left on the device."""
     batch, copies, settings = len(plans), place.batch_size(len(plans)), ProgramSettings.of(config)
@@ -341,10 +340,15 @@ def _refine_run(graphdef, state, inputs: RunInputs, plans: list[list[ScalePlan]]
             ref = call(Program(None, _reference_program, (out, scale_m.ref_sizes), dict(frame=frame)))
             operands = place.batched(ScaleOperands(image, mask, ref, *scale_m[:4]))
             out = ref = image = mask = None  # the previous scale's result lives on in `operands` alone
-            out, losses, used = call(Program(index, _refine_program, (graphdef, state, operands, inputs.controls,
-                                                                      inputs.token),
-                                             dict(settings=settings, report=report)))
-            operands = None
+            run = call(Program(index, _refine_start, (graphdef, state, operands, inputs.controls),
+                               dict(settings=settings)))
+            for _ in range(settings.n_iters if on_forward is not None else 1):
+                run = call(Program(index, _refine_steps, (graphdef, state, operands, inputs.controls, run),
+                                   dict(settings=settings)))
+                if on_forward is not None and on_forward(run):
+                    break
+            out = call(Program(None, _composite_program, (run.pred, operands.image, operands.mask), {}))
+            losses, used, run, operands = run.losses, run.forwards, None, None
         jax.block_until_ready(out)
         info.seconds = time.perf_counter() - start
         runs.append((info, losses, used))
@@ -417,8 +421,10 @@ def multiscale(model: Generator, image, mask, config: RefineConfig = RefineConfi
     Images and masks go to the device in one transfer and the results (with the losses) come
     back in one; the pyramid, each scale's padding and reference and the upscale run there.
     on_scale(index, n_scales, ScaleInfo-without-results) is called before each scale;
-    on_iteration(i, losses_per_image) after each iteration of a refined scale (from the
-    running program: its only other traffic).
+    on_iteration(i, losses_per_image) after each forward pass i of a refined scale: the
+    scale's programs then run one forward pass per call and its losses come back after each
+    (the only other traffic). Reporting or not, the programs are the same, so one compilation
+    (and one persistent-cache entry) serves both.
     devices, spatial: run over these devices, data-parallel or splitting each image's rows
     (`Placement`). Data-parallel, each image's result is the one it gets alone, except that
     early stopping waits for every image of the batch.
@@ -429,15 +435,13 @@ def multiscale(model: Generator, image, mask, config: RefineConfig = RefineConfi
         raise ValueError("refinement needs one or more images and one mask of its image's size per image")
     plans = _plans(model, [x.shape[:2] for x in images], config)
     batch, place = len(images), Placement(devices, spatial)
-    if on_iteration is not None:  # without the copies `place` pads the batch with
-        on_iteration = partial(lambda hook, i, losses: hook(i, losses[:batch]), on_iteration)
+    on_forward = None if on_iteration is None else partial(_report_forward, on_iteration, batch)
     graphdef, state = nnx.split(model)
     state = place.weights(state)
-    with PROGRESS.open(on_iteration) as token:
-        inputs = jax.device_put(_run_inputs(images, masks, plans, config, place, token, upscale))
-        out, upscaled, runs = _refine_run(graphdef, state, inputs, plans, config, place, _execute, on_scale=on_scale,
-                                          report=on_iteration is not None)
-        out, upscaled, stats = jax.device_get((out, upscaled, [(losses, used) for _, losses, used in runs]))
+    inputs = jax.device_put(_run_inputs(images, masks, plans, config, place, upscale, report=on_forward is not None))
+    out, upscaled, runs = _refine_run(graphdef, state, inputs, plans, config, place, _execute, on_scale=on_scale,
+                                      on_forward=on_forward)
+    out, upscaled, stats = jax.device_get((out, upscaled, [(losses, used) for _, losses, used in runs]))
     infos = [info for info, _, _ in runs]
     for info, (losses, used) in zip(infos, stats):
         if losses is not None:
@@ -448,14 +452,21 @@ def multiscale(model: Generator, image, mask, config: RefineConfig = RefineConfi
     return (np.stack(results) if stacked else results), infos
 
 
+def _report_forward(on_iteration: Callable, batch: int, run: Refinement) -> bool:
+    """on_iteration(i, losses of the first `batch` images) for the forward pass i that `run`
+    just did (one per call when reporting); returns whether the scale stopped there."""
+    forwards, losses, stopped = jax.device_get((run.forwards, run.losses, run.stopped))
+    on_iteration(int(forwards) - 1, losses[forwards - 1, :batch])  # not the copies `place` pads the batch with
+    return bool(stopped)
+
+
 def trace(model: Generator, height: int, width: int, call: Callable[[Program], object], *, batch: int = 1,
-          multiscale: bool = True, config: RefineConfig = RefineConfig(), report: bool = True,
-          upscale: bool = False) -> None:
+          multiscale: bool = True, config: RefineConfig = RefineConfig(), upscale: bool = False) -> None:
     """Drive `multiscale` (or with multiscale=False `predict`) for `batch` images of height x
     width on shape/dtype structs instead of arrays: the same driver calls `call(program)` for
     every `Program` the real run calls, in order, with structs as arguments; `call` returns
     the program's outputs as structs, e.g. `program.lower().out_info` (`memory`, `jax.export`).
-    report: the progress-reporting variant of the refined scales."""
+    A run that reports its iterations calls the same programs, `_refine_steps` once per forward pass."""
     graphdef, state = nnx.split(model)
     state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     place, modulo = Placement(), model.config.modulo
@@ -468,8 +479,8 @@ def trace(model: Generator, height: int, width: int, call: Callable[[Program], o
         _predict_run(graphdef, state, spec(batch, hp, wp, 3), spec(batch, hp, wp, 1), place, call)
         return
     plans = _plans(model, [(height, width)] * batch, config)
-    host = _run_inputs([spec(height, width, 3)] * batch, [spec(height, width, 1)] * batch, plans, config, place, 0,
+    host = _run_inputs([spec(height, width, 3)] * batch, [spec(height, width, 1)] * batch, plans, config, place,
                        upscale)
     inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
                           if not isinstance(x, jax.ShapeDtypeStruct) else x, host)
-    _refine_run(graphdef, state, inputs, plans, config, place, call, report=report)
+    _refine_run(graphdef, state, inputs, plans, config, place, call)

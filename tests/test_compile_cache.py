@@ -164,7 +164,7 @@ def test_cli_reuses_the_default_cache_and_runs_without_one(tmp_path, tiny_checkp
 
     first, log = inpaint(tmp_path / "home", "first.png")
     stored = entries(tmp_path / "home" / "xla")
-    assert "warn" not in log.lower() and any(name.startswith("jit__refine_program") for name in stored)
+    assert "warn" not in log.lower() and any(name.startswith("jit__refine_steps") for name in stored)
     second, _ = inpaint(tmp_path / "home", "second.png")
     assert entries(tmp_path / "home" / "xla") == stored and np.array_equal(second, first)
     blocked, log = inpaint(tmp_path / "file" / "home", "blocked.png")

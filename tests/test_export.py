@@ -3,17 +3,17 @@ what the jitted ones do.
 
 `refine.trace` drives `refine.multiscale` (and `refine.predict`) on shape structs and hands
 over every program the real run calls, in order: the pyramid, each scale's batch, the plain
-forward pass, the previous scale's reference, a refined scale (its while_loop of Adam steps,
-early stopping, the tiled decoder tail) and the upscale. Each is exported with jax.export for
-"cuda", "tpu" and "cpu", on both kernel paths and in both compute dtypes, so a construct that
-only the CPU backend accepts fails here, without an accelerator; the CPU export is then run on
-concrete inputs and must give the jitted program's outputs.
+forward pass, the previous scale's reference, a refined scale (its start, its while_loop of
+Adam steps with early stopping and the tiled decoder tail, its composite) and the upscale.
+Each is exported with jax.export for "cuda", "tpu" and "cpu", on both kernel paths and in
+both compute dtypes, so a construct that only the CPU backend accepts fails here, without an
+accelerator; the CPU export is then run on concrete inputs and must give the jitted program's
+outputs.
 
-The progress-reporting variant (what `inpaint(progress=...)` runs) adds a
-`jax.debug.callback`. JAX can neither serialise host callbacks (jax.export raises
-NotImplementedError) nor lower them for a platform other than the one present, so that variant
-is lowered and compiled for the present backend, and run: it must report every iteration and
-give the outputs of the variant without reporting.
+A run that reports its iterations (what `inpaint(progress=...)` runs) calls the same
+programs, the steps program once per forward pass: it must report every iteration, give the
+quiet run's outputs and compile nothing more (so the persistent compilation cache, which
+never stores a program with a host callback, serves it too).
 """
 
 import jax
@@ -28,15 +28,14 @@ from jax_refine.model import TINY_LAMA, Lama, eval_mode
 CONFIG = dict(min_side=32, px_budget=60 * 75, n_iters=3, early_stop=0.01, tile_pixels=72 * 16)
 
 
-def _programs(model, config, *, multiscale=True, report=False):
+def _programs(model, config, *, multiscale=True):
     programs = []
 
     def call(program):
         programs.append(program)
         return program.lower().out_info
 
-    refine.trace(model, 64, 80, call, multiscale=multiscale, config=config, report=report,
-                 upscale=multiscale)
+    refine.trace(model, 64, 80, call, multiscale=multiscale, config=config, upscale=multiscale)
     return programs
 
 
@@ -44,6 +43,8 @@ def _concrete(program, state, rng):
     """The program's dynamic arguments (without the static graphdef): the model's weights, and
     random values of every other struct's shape and dtype."""
     def fill(x):
+        if x.dtype == np.bool_:  # a refined scale that has not stopped yet
+            return np.zeros(x.shape, np.bool_)
         if np.issubdtype(x.dtype, np.integer):
             return rng.integers(1, 4, x.shape).astype(x.dtype)
         return rng.uniform(size=x.shape).astype(x.dtype)
@@ -61,11 +62,14 @@ def test_every_program_of_a_run_exports_and_computes_what_it_runs(kernels, compu
     model = eval_mode(Lama(TINY_LAMA, rngs=nnx.Rngs(0), kernels=kernels))
     config = RefineConfig(compute_dtype=compute_dtype, **CONFIG)
     programs = _programs(model, config) + _programs(model, config, multiscale=False)
-    # pyramid, batch, plain forward (scale 0), batch, reference, refined scale 1, upscale; plain
-    assert [p.scale for p in programs] == [None, None, 0, None, None, 1, None, 0]
+    # pyramid, batch, plain forward (scale 0), batch, reference, refined scale 1 (start, steps,
+    # composite), upscale; plain
+    assert [p.scale for p in programs] == [None, None, 0, None, None, 1, 1, None, None, 0]
+    assert [p.function for p in programs[5:8]] == [refine._refine_start, refine._refine_steps,
+                                                   refine._composite_program]
     shapes = [[tuple(s.shape) for s in jax.tree.leaves(p.lower().out_info)] for p in programs]
     assert shapes[0] == [(30, 37, 3), (30, 37, 1), (60, 75, 3), (60, 75, 1)]  # px_budget 60 x 75
-    assert shapes[4] == [(1, 32, 40, 3)] and shapes[6] == [(64, 80, 3)]
+    assert shapes[4] == [(1, 32, 40, 3)] and shapes[7] == [(1, 64, 80, 3)] and shapes[8] == [(64, 80, 3)]
     state, rng = nnx.split(model)[1], np.random.default_rng(0)
     for program in programs:
         exported = export.export(program.function, platforms=("cuda", "tpu", "cpu"))(*program.args, **program.kwargs)
@@ -81,22 +85,25 @@ def test_every_program_of_a_run_exports_and_computes_what_it_runs(kernels, compu
         for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
             assert e.shape == g.shape and e.dtype == g.dtype
             np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(e, np.float32), rtol=0, atol=1e-5)
-    # the refined scale: (B, Hp, Wp, 3) composites, (n_iters, B) losses, forwards used
-    refined = programs[5]
-    assert [tuple(s.shape) for s in jax.tree.leaves(refined.lower().out_info)] == [(1, 64, 80, 3), (3, 1), ()]
+    # the refined scale's state: forwards done, z, Adam's state, (n_iters, B) losses, (B, Hp, Wp, 3) prediction
+    steps = programs[6].lower().out_info
+    assert steps.losses.shape == (3, 1) and steps.pred.shape == (1, 64, 80, 3) and steps.forwards.shape == ()
+    assert jax.tree.structure(steps) == jax.tree.structure(programs[5].lower().out_info)
 
 
 @pytest.mark.slow
-def test_the_progress_variant_lowers_reports_every_iteration_and_computes_the_same(tiny_model):
+def test_the_reporting_run_reports_every_iteration_computes_the_same_and_compiles_nothing_more(tiny_model):
     config = RefineConfig(**dict(CONFIG, early_stop=None))
-    loud = [p for p in _programs(tiny_model, config, report=True) if p.scale == 1]
-    assert loud[0].kwargs["report"] and "callback" in loud[0].lower().as_text()
     image, mask = np.random.default_rng(2).uniform(size=(2, 64, 80, 3)).astype(np.float32)
     mask = (mask[..., :1] > 0.7).astype(np.float32)
+    quiet, scales = refine.multiscale(tiny_model, image[None], mask[None], config, upscale=True)
+    compiled = {f: f._cache_size() for f in (refine._refine_start, refine._refine_steps, refine._composite_program)}
     seen = []
-    reported, scales = refine.multiscale(tiny_model, image[None], mask[None], config, upscale=True,
-                                         on_iteration=lambda i, losses: seen.append((i, losses)))
-    quiet, _ = refine.multiscale(tiny_model, image[None], mask[None], config, upscale=True)
+    reported, loud = refine.multiscale(tiny_model, image[None], mask[None], config, upscale=True,
+                                       on_iteration=lambda i, losses: seen.append((i, losses)))
+    assert {f: f._cache_size() for f in compiled} == compiled
+    assert all("callback" not in p.lower().as_text() for p in _programs(tiny_model, config))
     np.testing.assert_array_equal(reported, quiet)
     assert reported.shape == (1, 64, 80, 3) and [i for i, _ in seen] == [0, 1, 2]
     np.testing.assert_array_equal(np.concatenate([losses for _, losses in seen]), scales[1].losses[:, 0])
+    np.testing.assert_array_equal(loud[1].losses, scales[1].losses)

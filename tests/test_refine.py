@@ -261,12 +261,12 @@ def test_second_image_of_the_same_padded_size_reuses_the_compiled_program(tiny_m
     mask = np.zeros((1, 70, 90, 1), np.float32)
     mask[:, 20:50, 30:70] = 1
     refine_lib.multiscale(tiny_model, rng.uniform(size=(1, 70, 90, 3)).astype(np.float32), mask, config)
-    compiled = refine_lib._refine_program._cache_size()
+    compiled = refine_lib._refine_steps._cache_size()
     # different valid size (66 x 89), same padded size (72 x 96) at both scales
     out, scales = refine_lib.multiscale(tiny_model, rng.uniform(size=(1, 66, 89, 3)).astype(np.float32),
                                     mask[:, :66, :89], config)
     assert [s.padded_size for s in scales] == [(40, 48), (72, 96)]
-    assert refine_lib._refine_program._cache_size() == compiled
+    assert refine_lib._refine_steps._cache_size() == compiled
     assert out.shape == (1, 66, 89, 3)
 
 
