@@ -67,8 +67,11 @@ def checkpoint_path(model: str | os.PathLike | None) -> Path:
         return BUNDLED_WEIGHTS
     if _is_known_name(model):
         return hub.checkpoint(model)
-    path = Path(model)
-    return path.absolute()
+    if not isinstance(model, (str, os.PathLike)):
+        loaded = " (a loaded model needs no loading: pass it as it is)" if isinstance(model, Generator) else ""
+        raise TypeError(f"model must be None, a known model name or a checkpoint path, got {type(model).__name__}"
+                        + loaded)
+    return Path(model).absolute()
 
 
 MODEL_CACHE_SIZE = 1  # models named by None, name or path that `resolve_model` keeps loaded

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_refine import inpaint, inpaint_with_info
+from jax_refine import inpaint, inpaint_with_info, load
 
 from conftest import load_golden_image
 
@@ -71,6 +71,13 @@ def test_empty_mask_returns_the_input_without_a_model(small):
 def test_bad_input_gives_a_clear_error(bad_image, bad_mask, message):
     with pytest.raises(ValueError, match=message):
         inpaint(bad_image, bad_mask, model="/nonexistent/model")
+
+
+def test_loading_something_that_is_not_a_model_name_or_path_names_the_problem(tiny_model):
+    with pytest.raises(TypeError, match=r"got Lama \(a loaded model needs no loading: pass it as it is\)"):
+        load(tiny_model)
+    with pytest.raises(TypeError, match="must be None, a known model name or a checkpoint path, got int"):
+        load(3)
 
 
 @pytest.mark.slow
