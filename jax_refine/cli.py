@@ -328,10 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")
     try:
-        if args.command == "convert":
-            return run_convert(args)
         with _sigterm_stops_the_job():
-            return run_inpaint(args)
+            return run_convert(args) if args.command == "convert" else run_inpaint(args)
     except UsageError as e:
         print("error: " + "\n".join(map(printable, str(e).split("\n"))), file=sys.stderr)
         return EXIT_USAGE

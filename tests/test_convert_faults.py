@@ -145,11 +145,15 @@ def test_a_signal_at_any_instant_of_a_conversion_leaves_nothing_behind(tmp_path,
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler lives only as long as the staging
 
 
-def test_sigint_right_after_the_cli_creates_its_staging_folder(tmp_path, monkeypatch, capsys):
-    raise_signal_after(monkeypatch, signal.SIGINT, *INSTANTS["staging-made"])
-    assert main(["convert", str(SRC), str(tmp_path / "out")]) == 130
-    assert "interrupted" in capsys.readouterr().err
+@pytest.mark.parametrize("signum, status, line", [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_a_signal_right_after_the_cli_creates_its_staging_folder(tmp_path, monkeypatch, capsys, signum, status, line):
+    raise_signal_after(monkeypatch, signum, *INSTANTS["staging-made"])
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["convert", str(SRC), str(tmp_path / "out")]) == status
+    assert capsys.readouterr().err.strip().splitlines()[-1] == line
     assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_enospc_from_the_metadata_write_leaves_nothing(tmp_path, monkeypatch):
