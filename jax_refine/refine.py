@@ -98,7 +98,12 @@ def _predict_program(graphdef, state, image, mask, *, compute_dtype="float32"):
     """image (B, Hp, Wp, 3), mask (B, Hp, Wp, 1) binary -> (composite, raw prediction), float32."""
     model = _compute_model(graphdef, state, compute_dtype)
     pred = model(model_input(model.config, image, mask).astype(compute_dtype)).astype(jnp.float32)
-    return mask * pred + (1 - mask) * image, pred
+    return composite(pred, image, mask), pred
+
+
+def composite(pred, image, mask):
+    """The prediction inside the hole, the image outside: all (B, Hp, Wp, C), mask binary."""
+    return mask * pred + (1 - mask) * image
 
 
 def initial_features(graphdef, state, operands: ScaleOperands, settings: ProgramSettings):
@@ -166,11 +171,11 @@ def _refine_start(graphdef, state, operands: ScaleOperands, controls: Controls, 
 def _refine_steps(graphdef, state, operands: ScaleOperands, controls: Controls, run: Refinement, *,
                   settings: ProgramSettings) -> Refinement:
     """The next `controls.forwards_per_call` forward passes of a refined scale (from z0 =
-    front(image, mask) on the first call), in a while_loop: forward i < n_iters - 1 is followed by an Adam step, forward n_iters - 1 is
-    the last; the scale stops early once every image's relative loss improvement over
-    `controls.stop_window` forward passes is below `controls.stop_tol` (z then stays at the
-    features of the forward pass that stopped it, whose prediction is kept). `run` is donated:
-    the result takes its buffers."""
+    front(image, mask) on the first call), in a while_loop: forward i < n_iters - 1 is
+    followed by an Adam step, forward n_iters - 1 is the last; the scale stops early once
+    every image's relative loss improvement over `controls.stop_window` forward passes is
+    below `controls.stop_tol` (z then stays at the features of the forward pass that stopped
+    it, whose prediction is kept). `run` is donated: the result takes its buffers."""
     loss_fn, tx, n_iters = scale_loss(graphdef, state, operands, settings), adam(controls.lr), settings.n_iters
     until = jnp.minimum(run.forwards + controls.forwards_per_call, n_iters)
     z = jax.lax.cond(run.forwards == 0, lambda: initial_features(graphdef, state, operands, settings),
@@ -203,10 +208,7 @@ def _refine_steps(graphdef, state, operands: ScaleOperands, controls: Controls, 
     return jax.lax.cond(last, last_forward, lambda run: run, run)
 
 
-@jax.jit
-def _composite_program(pred, image, mask):
-    """The prediction inside the hole, the image outside: all (B, Hp, Wp, C), mask binary."""
-    return mask * pred + (1 - mask) * image
+_composite_program = jax.jit(composite)
 
 
 # --------------------------------------------------------------------------------------
