@@ -357,7 +357,7 @@ def _inpaint_group(sources: list[Source], holes: list[np.ndarray], model, multis
         pad = functools.partial(plan.pad_bottom_right, hp=hp, wp=wp, mode="symmetric")
         out, _ = refine_lib.predict(model, np.concatenate([pad(sources[i].rgb[None]) for i in todo]),
                                     np.concatenate([pad(holes[i][None, ..., None].astype(np.float32)) for i in todo]),
-                                    devices=devices, spatial=spatial)
+                                    devices=devices, spatial=spatial, compute_dtype=config.compute_dtype)
         for k, i in enumerate(todo):
             size = holes[i].shape
             results[i] = sources[i].restore(np.clip(out[k, :size[0], :size[1]], 0.0, 1.0), holes[i])

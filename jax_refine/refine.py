@@ -375,20 +375,21 @@ def _predict_run(graphdef, state, image, mask, place: Placement, call: Callable[
 
 
 def predict(model: Generator, image: np.ndarray, mask: np.ndarray, *, pad_mode: str = "symmetric", devices=None,
-            spatial: bool = False):
+            spatial: bool = False, compute_dtype: str = "float32"):
     """LaMa's plain prediction. image (B, H, W, 3) float32 [0, 1]; mask (B, H, W, 1) binary.
 
     Pads bottom/right to the model's modulo (numpy `pad_mode`, 'symmetric' as LaMa's dataset),
     runs the generator, composites and crops. Returns (inpainted, raw prediction), both
     (B, H, W, 3) float32 numpy arrays. devices, spatial: run over these devices (`Placement`).
-    One transfer to the device (image and mask) and one back (both results).
+    compute_dtype: the network's (`RefineConfig.compute_dtype`). One transfer to the device
+    (image and mask) and one back (both results).
     """
     (b, h, w), place = image.shape[:3], Placement(devices, spatial)
     hp, wp = padded(h, model.config.modulo), padded(w, model.config.modulo)
     graphdef, state = nnx.split(model)
     inputs = jax.device_put(tuple(pad_bottom_right(place.pad_batch(np.asarray(x, np.float32)), hp, wp, pad_mode)
                                   for x in (image, mask)))
-    out, pred = jax.device_get(_predict_run(graphdef, place.weights(state), *inputs, place, _execute))
+    out, pred = jax.device_get(_predict_run(graphdef, place.weights(state), *inputs, place, _execute, compute_dtype))
     return out[:b, :h, :w], pred[:b, :h, :w]
 
 
@@ -485,7 +486,7 @@ def trace(model: Generator, height: int, width: int, call: Callable[[Program], o
 
     if not multiscale:
         hp, wp = padded(height, modulo), padded(width, modulo)
-        _predict_run(graphdef, state, spec(batch, hp, wp, 3), spec(batch, hp, wp, 1), place, call)
+        _predict_run(graphdef, state, spec(batch, hp, wp, 3), spec(batch, hp, wp, 1), place, call, config.compute_dtype)
         return
     plans = _plans(model, [(height, width)] * batch, config)
     host = _run_inputs([spec(height, width, 3)] * batch, [spec(height, width, 1)] * batch, plans, config, place,

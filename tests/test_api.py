@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax_refine import inpaint, inpaint_with_info, load
+from jax_refine import RefineConfig, inpaint, inpaint_with_info, load
 
 from conftest import load_golden_image
 
@@ -26,6 +26,16 @@ def test_uint8_float_and_pil_give_the_same_fill(tiny_model, small):
     np.testing.assert_array_equal(np.asarray(out_pil), out_u8)
     np.testing.assert_array_equal(out_u8, np.clip(np.rint(out_f * 255), 0, 255).astype(np.uint8))
     assert np.abs(out_u8[mask].astype(int) - image[mask]).mean() > 1  # the hole was filled
+
+
+def test_the_plain_pass_runs_in_the_configured_compute_dtype(tiny_model, small):
+    image, mask = small
+    image = image.astype(np.float32) / 255
+    f32 = inpaint(image, mask, tiny_model, method="plain")
+    bf16 = inpaint(image, mask, tiny_model, method="plain", config=RefineConfig(compute_dtype="bfloat16"))
+    np.testing.assert_array_equal(bf16[~mask], image[~mask])
+    difference = np.abs(bf16[mask] - f32[mask])
+    assert 0 < difference.mean() < 0.02  # bfloat16 has 8 bits of mantissa: close, not equal
 
 
 def test_rgba_gray_and_16_bit(tiny_model, small):
