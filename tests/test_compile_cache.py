@@ -145,18 +145,61 @@ def test_untested_jaxlib_gets_no_flag(monkeypatch):
     assert _platform.configure_cpu() is False and os.environ["XLA_FLAGS"] == ""
 
 
+def on_a_terminal(command, env) -> str:
+    """Run `command` with its stderr on a pseudo-terminal (so it shows progress bars); what it
+    wrote there, once it exited with 0 after drawing iteration bars ("it/s" or "s/it")."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))  # tqdm draws nothing in 0 columns
+    seen = bytearray()
+
+    def drain():  # a full terminal buffer would block the child
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed its end
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        done = subprocess.run([str(a) for a in command], env=env, stdout=subprocess.DEVNULL, stderr=follower,
+                              timeout=600)
+    finally:
+        os.close(follower)
+        reader.join(timeout=10)
+        os.close(leader)
+    text = seen.decode(errors="replace")
+    assert done.returncode == 0, text[-3000:]
+    assert "it/s" in text or "s/it" in text, text[-3000:]
+    return text
+
+
 @pytest.mark.slow
 def test_cli_reuses_the_default_cache_and_runs_without_one(tmp_path, tiny_checkpoint):
     """The command with refinement (3 scales): a second run finds every program in the cache
-    and writes the same pixels; an unwritable cache and --no-compilation-cache do too."""
+    and writes the same pixels, also on a terminal (progress bars report every iteration: the
+    same programs, nothing compiled and stored anew); an unwritable cache and
+    --no-compilation-cache write the same pixels too."""
     Image.open(GOLDEN / "coffee_300x400.png").save(tmp_path / "photo.png")
     Image.open(GOLDEN / "coffee_300x400_mask.png").save(tmp_path / "photo_mask.png")
     (tmp_path / "file").write_text("in the way")
 
-    def inpaint(home, out, *extra):
+    def inpaint(home, out, *extra, terminal=False):
         command = [sys.executable, "-m", "jax_refine.cli", "inpaint", tmp_path / "photo.png",
                    tmp_path / "photo_mask.png", "-o", tmp_path / out, "--model", tiny_checkpoint,
-                   "--min-side", "100", "--n-iters", "2", "-q", *extra]
+                   "--min-side", "100", "--n-iters", "2", *(() if terminal else ("-q",)), *extra]
+        if terminal:  # JAX then logs every program it did not find in the persistent cache
+            log = on_a_terminal(command, dict(child_env(home), JAX_EXPLAIN_CACHE_MISSES="1"))
+            return np.asarray(Image.open(tmp_path / out)), log
         done = subprocess.run([str(a) for a in command], env=child_env(home), capture_output=True, text=True,
                               timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -167,6 +210,9 @@ def test_cli_reuses_the_default_cache_and_runs_without_one(tmp_path, tiny_checkp
     assert "warn" not in log.lower() and any(name.startswith("jit__refine_steps") for name in stored)
     second, _ = inpaint(tmp_path / "home", "second.png")
     assert entries(tmp_path / "home" / "xla") == stored and np.array_equal(second, first)
+    with_bars, log = inpaint(tmp_path / "home", "bars.png", terminal=True)
+    assert "PERSISTENT COMPILATION CACHE MISS" not in log, log[-3000:]  # nothing compiled
+    assert entries(tmp_path / "home" / "xla") == stored and np.array_equal(with_bars, first)
     blocked, log = inpaint(tmp_path / "file" / "home", "blocked.png")
     assert np.array_equal(blocked, first)
     assert log.count("CompilationCacheWarning") == 1 and "persistent compilation cache" not in log, log
