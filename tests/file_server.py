@@ -63,6 +63,12 @@ class FileServer:
     def url(self, name):
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()

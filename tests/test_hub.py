@@ -143,16 +143,13 @@ def zip_bytes(tmp_path_factory):
 
 @pytest.mark.parametrize("change, reason", [(dict(size=123), "expected 123"), (dict(md5="0" * 32), "MD5")])
 def test_registry_size_and_md5_are_checked_before_the_file_is_kept(zip_bytes, cache, tiny_entry, change, reason):
-    served = FileServer({"tiny-lama.zip": zip_bytes})
-    try:
+    with FileServer({"tiny-lama.zip": zip_bytes}) as served:
         tiny_entry(zip_bytes, served.url("tiny-lama.zip"), **change)
         with pytest.raises(hub.DownloadError, match=reason):
             hub.checkpoint("tiny-lama")
         assert cache_files(cache) == []
         tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
         assert (hub.checkpoint("tiny-lama") / "jax_refine.json").is_file()
-    finally:
-        served.close()
 
 
 def test_names_work_in_inpaint_and_the_cli(zip_bytes, cache, tiny_entry, tmp_path):
@@ -160,8 +157,7 @@ def test_names_work_in_inpaint_and_the_cli(zip_bytes, cache, tiny_entry, tmp_pat
 
     from jax_refine.cli import main
 
-    served = FileServer({"tiny-lama.zip": zip_bytes})
-    try:
+    with FileServer({"tiny-lama.zip": zip_bytes}) as served:
         tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
         image, mask = load_golden_image("astronaut_251x317")
         filled = jax_refine.inpaint(image, mask, model="tiny-lama", method="plain")
@@ -171,8 +167,6 @@ def test_names_work_in_inpaint_and_the_cli(zip_bytes, cache, tiny_entry, tmp_pat
         assert main(["inpaint", str(tmp_path / "a.png"), str(tmp_path / "a_mask.png"), "-o", str(tmp_path / "o.png"),
                      "--model", "tiny-lama", "--no-refine", "-q"]) == 0
         assert len(served.requests) == 1  # downloaded once, then the cached conversion
-    finally:
-        served.close()
 
 
 def test_environment_overrides_and_cache_location(monkeypatch, tmp_path):
@@ -209,12 +203,9 @@ def test_temporaries_of_killed_downloads_are_removed_by_the_next_download(zip_by
     others = [downloads / ".tiny-lama.zip.part", downloads / f".other.zip.{'ab' * 8}.part", downloads / "notes.txt"]
     for path in [stale, *others]:
         path.write_bytes(b"x")
-    served = FileServer({"tiny-lama.zip": zip_bytes})
-    try:
+    with FileServer({"tiny-lama.zip": zip_bytes}) as served:
         tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
         assert hub.fetch(hub.known_model("tiny-lama")) == downloads / "tiny-lama.zip"
-    finally:
-        served.close()
     assert not stale.exists() and all(p.exists() for p in others)
 
 
@@ -257,40 +248,31 @@ def test_hostile_servers_are_stopped_at_once_and_leave_nothing(zip_bytes, cache,
                                                                 reason):
     monkeypatch.setattr(hub, "_RATE_WINDOW", 0.5)
     monkeypatch.setattr(hub, "_MIN_RATE", 1000)  # bytes/s: a drip of 50 bytes/s is under it
-    served = FileServer({"tiny-lama.zip": response})
-    try:
+    with FileServer({"tiny-lama.zip": response}) as served:
         tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
         start = time.monotonic()
         with pytest.raises(hub.DownloadError, match=reason) as err:
             hub.checkpoint("tiny-lama")
         assert time.monotonic() - start < 30
-    finally:
-        served.close()
     assert served.url("tiny-lama.zip") in str(err.value)
     assert cache_files(cache) == []
 
 
 def test_a_silent_server_ends_at_the_read_timeout(zip_bytes, cache, tiny_entry, monkeypatch):
     monkeypatch.setattr(hub, "_READ_TIMEOUT", 0.5)
-    served = FileServer({"tiny-lama.zip": lambda: ({"Content-Length": str(len(zip_bytes))}, [time.sleep(3) or b""])})
-    try:
+    with FileServer({"tiny-lama.zip": lambda: ({"Content-Length": str(len(zip_bytes))}, [time.sleep(3) or b""])}) as served:
         tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
         with pytest.raises(hub.DownloadError, match="timed out"):
             hub.checkpoint("tiny-lama")
-    finally:
-        served.close()
     assert cache_files(cache) == []
 
 
 def test_too_little_free_space_is_one_clear_error_before_any_request(zip_bytes, cache, tiny_entry, monkeypatch):
-    served = FileServer({"tiny-lama.zip": zip_bytes})
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1000))
-    try:
+    with FileServer({"tiny-lama.zip": zip_bytes}) as served:
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1000))
         tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
         with pytest.raises(hub.DownloadError, match="the disk is full") as err:
             hub.checkpoint("tiny-lama")
-    finally:
-        served.close()
     assert "MB needed, 0.0 MB free" in str(err.value) and served.requests == []
     assert cache_files(cache) == []
 
@@ -308,13 +290,10 @@ def test_a_disk_filling_during_the_download_is_one_clear_error_and_leaves_nothin
         return f
 
     monkeypatch.setattr(hub, "open", full_disk_open, raising=False)
-    served = FileServer({"tiny-lama.zip": zip_bytes})
-    try:
+    with FileServer({"tiny-lama.zip": zip_bytes}) as served:
         tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
         with pytest.raises(hub.DownloadError, match="the disk is full: No space left on device"):
             hub.checkpoint("tiny-lama")
-    finally:
-        served.close()
     assert cache_files(cache) == []
 
 
@@ -323,16 +302,13 @@ def test_a_disk_filling_during_the_download_is_one_clear_error_and_leaves_nothin
 
 def test_mirrors_are_tried_in_order_each_verified(zip_bytes, cache, monkeypatch):
     bad = bytes(len(zip_bytes))  # the right size, the wrong bytes
-    served = FileServer({"second/tiny-lama.zip": bad, "third/lama.zip": zip_bytes})
-    digest = hashlib.sha256(zip_bytes).hexdigest()
-    mirrors = (hub.Mirror("tiny-lama.zip", served.url("first/tiny-lama.zip"), len(zip_bytes), digest),
-               hub.Mirror("tiny-lama.zip", served.url("second/tiny-lama.zip"), len(zip_bytes), digest),
-               hub.Mirror("lama.zip", served.url("third/lama.zip"), len(zip_bytes), digest))
-    monkeypatch.setitem(hub.REGISTRY, "tiny-lama", hub.KnownModel("tiny-lama", mirrors, "test licence"))
-    try:
+    with FileServer({"second/tiny-lama.zip": bad, "third/lama.zip": zip_bytes}) as served:
+        digest = hashlib.sha256(zip_bytes).hexdigest()
+        mirrors = (hub.Mirror("tiny-lama.zip", served.url("first/tiny-lama.zip"), len(zip_bytes), digest),
+                   hub.Mirror("tiny-lama.zip", served.url("second/tiny-lama.zip"), len(zip_bytes), digest),
+                   hub.Mirror("lama.zip", served.url("third/lama.zip"), len(zip_bytes), digest))
+        monkeypatch.setitem(hub.REGISTRY, "tiny-lama", hub.KnownModel("tiny-lama", mirrors, "test licence"))
         converted = hub.checkpoint("tiny-lama")
-    finally:
-        served.close()
     assert served.requests == ["/first/tiny-lama.zip", "/second/tiny-lama.zip", "/third/lama.zip"]
     assert read_metadata(converted)["source"]["sha256"] == digest
     assert cache_files(cache)[0] == "downloads/lama.zip"
@@ -340,15 +316,12 @@ def test_mirrors_are_tried_in_order_each_verified(zip_bytes, cache, monkeypatch)
 
 
 def test_when_every_mirror_fails_the_error_lists_each_and_why(zip_bytes, cache, monkeypatch):
-    served = FileServer({"b.zip": bytes(len(zip_bytes)), "c.zip": zip_bytes[:100]})
-    digest = hashlib.sha256(zip_bytes).hexdigest()
-    mirrors = tuple(hub.Mirror(name, served.url(name), len(zip_bytes), digest) for name in ("a.zip", "b.zip", "c.zip"))
-    monkeypatch.setitem(hub.REGISTRY, "tiny-lama", hub.KnownModel("tiny-lama", mirrors, "test licence"))
-    try:
+    with FileServer({"b.zip": bytes(len(zip_bytes)), "c.zip": zip_bytes[:100]}) as served:
+        digest = hashlib.sha256(zip_bytes).hexdigest()
+        mirrors = tuple(hub.Mirror(name, served.url(name), len(zip_bytes), digest) for name in ("a.zip", "b.zip", "c.zip"))
+        monkeypatch.setitem(hub.REGISTRY, "tiny-lama", hub.KnownModel("tiny-lama", mirrors, "test licence"))
         with pytest.raises(hub.DownloadError) as err:
             hub.checkpoint("tiny-lama")
-    finally:
-        served.close()
     lines = str(err.value).splitlines()
     assert lines[0] == "could not download tiny-lama from any of its 3 mirror(s):"
     assert lines[1] == f"  {served.url('a.zip')}: HTTPError: HTTP Error 404: Not Found"
@@ -388,26 +361,20 @@ def truncate_params(converted):
 @pytest.mark.parametrize("damage", [damage_params, replace_with_nan_weights, truncate_params])
 def test_a_damaged_cached_conversion_is_converted_again_from_the_verified_download(zip_bytes, cache, tiny_entry,
                                                                                    damage, capfd):
-    served = FileServer({"tiny-lama.zip": zip_bytes})
-    try:
+    with FileServer({"tiny-lama.zip": zip_bytes}) as served:
         tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
         jax_refine.load("tiny-lama")
         damage(cache / "models" / "tiny-lama")
         capfd.readouterr()
         assert_golden_pixels(jax_refine.load("tiny-lama"))
-    finally:
-        served.close()
     assert "the cached conversion of tiny-lama is damaged" in capfd.readouterr().err
     assert len(served.requests) == 1  # converted again from the download in the cache
 
 
 def test_a_damaged_conversion_whose_download_is_gone_names_the_fix(zip_bytes, cache, tiny_entry):
-    served = FileServer({"tiny-lama.zip": zip_bytes})
-    tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
-    try:
+    with FileServer({"tiny-lama.zip": zip_bytes}) as served:
+        tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
         jax_refine.load("tiny-lama")
-    finally:
-        served.close()
     damage_params(cache / "models" / "tiny-lama")
     (cache / "downloads" / "tiny-lama.zip").unlink()
     with pytest.raises(hub.DownloadError) as err:
@@ -483,10 +450,9 @@ def test_a_conversion_is_not_replaced_while_it_is_being_read(zip_bytes, cache, t
     damaged conversion waiting; the rebuild goes on once the reader lets go."""
     import threading
 
-    served = FileServer({"tiny-lama.zip": zip_bytes})
-    tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
-    converted = cache / "models" / "tiny-lama"
-    try:
+    with FileServer({"tiny-lama.zip": zip_bytes}) as served:
+        tiny_entry(zip_bytes, served.url("tiny-lama.zip"))
+        converted = cache / "models" / "tiny-lama"
         jax_refine.load("tiny-lama")
         damage_params(converted)
         before = (converted / "jax_refine.json").stat().st_ino
@@ -502,8 +468,6 @@ def test_a_conversion_is_not_replaced_while_it_is_being_read(zip_bytes, cache, t
             assert "the cached conversion of tiny-lama is damaged" not in seen  # said only once it may rebuild
             assert (converted / "jax_refine.json").stat().st_ino == before
         loader.join(timeout=300)
-    finally:
-        served.close()
     assert len(results) == 1 and results[0].config.ngf == 8
     assert (converted / "jax_refine.json").stat().st_ino != before  # made again
     assert len(served.requests) == 1
