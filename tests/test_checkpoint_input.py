@@ -84,11 +84,15 @@ def test_shapes_are_checked_against_the_config_before_any_array_is_read(copy, mo
     assert "blocks.conv1.convg2l.kernel: (2, 3, 3, 48, 16) (expected (3, 3, 3, 48, 16))" in str(err.value)
 
 
+def stored_params(path):
+    """(config, flat {state path: array}) of the checkpoint at `path`."""
+    config = checkpoint.config_from_record(read_metadata(path)["config"], "test")
+    return config, checkpoint.read_params(path, config)
+
+
 def test_parameters_not_matching_their_digest_are_refused(copy, tmp_path):
     path, _ = copy
-    meta = read_metadata(path)
-    config = checkpoint.config_from_record(meta["config"], "test")
-    flat = checkpoint.read_params(path, config)
+    config, flat = stored_params(path)
     key = sorted(flat)[0]
     flat[key] = flat[key] + np.float32(1e-3)  # other weights of the same shapes, a valid orbax tree
     other = checkpoint.save_flat(flat, config, tmp_path / "other", source={})
@@ -100,9 +104,7 @@ def test_parameters_not_matching_their_digest_are_refused(copy, tmp_path):
 
 def test_nan_weights_are_refused_not_filled_black(copy, tmp_path):
     path, _ = copy
-    meta = read_metadata(path)
-    config = checkpoint.config_from_record(meta["config"], "test")
-    flat = checkpoint.read_params(path, config)
+    config, flat = stored_params(path)
     key = sorted(flat)[3]
     flat[key] = np.full_like(flat[key], np.nan)
     nan = checkpoint.save_flat(flat, config, tmp_path / "nan", source={})  # its digest matches the NaNs
