@@ -31,7 +31,6 @@ from flax import nnx
 from jax import lax
 
 from . import ops, prior
-from .contract import model_input
 
 REMAT_POLICIES = ("none", "blocks", "decoder", "all")
 # A residual model's head starts at this fraction of the usual initialisation: its output is then
@@ -215,7 +214,38 @@ class FFCResnetBlock(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LamaConfig:
+class EncoderDecoderConfig:
+    """The fields LaMa's generators share (documented in `LamaConfig`): a stem of ngf
+    channels, n_downsampling stride-2 layers, n_blocks residual blocks, a decoder back to
+    output_nc channels; channels capped at max_features. Subclasses validate with
+    `check_config`."""
+
+    ngf: int = 64
+    n_downsampling: int = 3
+    n_blocks: int = 18
+    input_nc: int = 4
+    output_nc: int = 3
+    max_features: int = 1024
+    hole_fill: str = "zeros"
+    output: str = "sigmoid"
+    refine_defaults: tuple[tuple[str, object], ...] = ()
+
+    def channels(self, level: int) -> int:
+        """Channels at 1/2**level of the input resolution (level 0: after the stem)."""
+        return min(self.max_features, self.ngf * 2**level)
+
+    @property
+    def bottleneck_channels(self) -> int:
+        return self.channels(self.n_downsampling)
+
+    @property
+    def modulo(self) -> int:
+        """Input H and W must be multiples of this."""
+        return 2**self.n_downsampling
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LamaConfig(EncoderDecoderConfig):
     """LaMa `ffc_resnet` generator configuration (the options Big-LaMa uses).
 
     Attributes:
@@ -235,24 +265,11 @@ class LamaConfig:
         value) pairs over LaMa's defaults (a dict is accepted); empty for LaMa's own models.
     """
 
-    ngf: int = 64
-    n_downsampling: int = 3
-    n_blocks: int = 18
     ratio: float = 0.75
-    input_nc: int = 4
-    output_nc: int = 3
-    max_features: int = 1024
-    hole_fill: str = "zeros"
-    output: str = "sigmoid"
-    refine_defaults: tuple[tuple[str, object], ...] = ()
     architecture = "ffc_resnet"  # the name checkpoints record (contract.GeneratorConfig); not a field
 
     def __post_init__(self):
         check_config(self, OUTPUTS, [] if 0 < self.ratio < 1 else [f"ratio must be in (0, 1), got {self.ratio!r}"])
-
-    @property
-    def bottleneck_channels(self) -> int:
-        return min(self.max_features, self.ngf * 2**self.n_downsampling)
 
     @property
     def z_channels(self) -> tuple[int, int]:
@@ -260,14 +277,9 @@ class LamaConfig:
         global_ = int(self.bottleneck_channels * self.ratio)
         return self.bottleneck_channels - global_, global_
 
-    @property
-    def modulo(self) -> int:
-        """Input H and W must be multiples of this."""
-        return 2**self.n_downsampling
-
 
 def check_config(config, outputs: tuple[str, ...], problems: list[str]) -> None:
-    """Validate a generator config (a frozen dataclass with LamaConfig's common fields) and
+    """Validate a generator config (an `EncoderDecoderConfig`) and
     make its refine_defaults canonical (sorted pairs); raises one ValueError naming every
     problem, `problems` (the config's own) included."""
     name = type(config).__name__
@@ -324,7 +336,7 @@ class SplitGenerator(nnx.Module):
 
 
 class Lama(SplitGenerator):
-    """LaMa generator. x (B, H, W, 4) = `model_input(config, image, mask)` -> (B, H, W, 3).
+    """LaMa generator. x (B, H, W, 4) = `contract.model_input(config, image, mask)` -> (B, H, W, 3).
 
     H and W must be multiples of `config.modulo` and at least 2 * modulo (reflect padding
     at the bottleneck needs 2 pixels). kernels: `ops.KERNELS`, default `ops.default_kernels()`.
@@ -339,8 +351,8 @@ class Lama(SplitGenerator):
         downs = []
         for i in range(c.n_downsampling):
             ratio_out = c.ratio if i == c.n_downsampling - 1 else 0
-            downs.append(FFC(min(c.max_features, c.ngf * 2**i), min(c.max_features, c.ngf * 2 ** (i + 1)),
-                             3, ratio_in=0, ratio_out=ratio_out, stride=2, kernels=kernels, rngs=rngs))
+            downs.append(FFC(c.channels(i), c.channels(i + 1), 3, ratio_in=0, ratio_out=ratio_out, stride=2,
+                             kernels=kernels, rngs=rngs))
         self.down = nnx.List(downs)
 
         @nnx.split_rngs(splits=c.n_blocks)
@@ -350,10 +362,8 @@ class Lama(SplitGenerator):
 
         self.blocks = make_blocks(rngs)
         ups = []
-        for i in range(c.n_downsampling):
-            mult = 2 ** (c.n_downsampling - i)
-            ups.append(UpBlock(min(c.max_features, c.ngf * mult), min(c.max_features, c.ngf * mult // 2),
-                               kernels=kernels, rngs=rngs))
+        for level in range(c.n_downsampling, 0, -1):
+            ups.append(UpBlock(c.channels(level), c.channels(level - 1), kernels=kernels, rngs=rngs))
         self.up = nnx.List(ups)
         self.head = Conv(c.ngf, c.output_nc, 7, pad=3, use_bias=True, kernels=kernels, rngs=rngs)
         if c.output == "residual":  # a new residual model starts close to its hole fill

@@ -25,14 +25,14 @@ import jax
 from flax import nnx
 
 from . import ops
-from .model import (TAIL_TILE_PIXELS, Conv, SplitGenerator, UpBlock, batch_norm, check_config, check_remat, decode,
-                    scan_blocks)
+from .model import (TAIL_TILE_PIXELS, Conv, EncoderDecoderConfig, SplitGenerator, UpBlock, batch_norm, check_config,
+                    check_remat, decode, scan_blocks)
 
 ARCHITECTURE = "pix2pixhd_global"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Pix2PixHDConfig:
+class Pix2PixHDConfig(EncoderDecoderConfig):
     """LaMa `pix2pixhd_global` generator configuration (the options LaMa's released configs
     use: reflect padding in the blocks, BatchNorm, ReLU, plain convs, sigmoid output).
 
@@ -41,28 +41,11 @@ class Pix2PixHDConfig:
     `add_out_act: sigmoid`).
     """
 
-    ngf: int = 64
-    n_downsampling: int = 3
     n_blocks: int = 9
-    input_nc: int = 4
-    output_nc: int = 3
-    max_features: int = 1024
-    hole_fill: str = "zeros"
-    output: str = "sigmoid"
-    refine_defaults: tuple[tuple[str, object], ...] = ()
     architecture = ARCHITECTURE  # the name checkpoints record (contract.GeneratorConfig); not a field
 
     def __post_init__(self):
         check_config(self, ("sigmoid",), [])
-
-    def channels(self, level: int) -> int:
-        """Channels at 1/2**level of the input resolution (level 0: after the stem)."""
-        return min(self.max_features, self.ngf * 2**level)
-
-    @property
-    def modulo(self) -> int:
-        """Input H and W must be multiples of this."""
-        return 2**self.n_downsampling
 
 
 LAMA_REGULAR = Pix2PixHDConfig(n_blocks=9)
@@ -116,7 +99,7 @@ class Pix2PixHD(SplitGenerator):
         self.stem = ConvBlock(c.input_nc, c.ngf, 7, pad_mode="reflect", kernels=kernels, rngs=rngs)
         self.down = nnx.List([ConvBlock(c.channels(i), c.channels(i + 1), 3, stride=2, pad_mode="zeros",
                                         kernels=kernels, rngs=rngs) for i in range(c.n_downsampling)])
-        bottleneck = c.channels(c.n_downsampling)
+        bottleneck = c.bottleneck_channels
 
         @nnx.split_rngs(splits=c.n_blocks)
         @nnx.vmap(in_axes=(0,), out_axes=0)

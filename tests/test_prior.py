@@ -9,7 +9,8 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from jax_refine.model import Lama, LamaConfig, model_input
+from jax_refine.contract import model_input
+from jax_refine.model import Lama, LamaConfig
 from jax_refine.prior import hole_fill, pull_push
 
 

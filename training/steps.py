@@ -1,6 +1,6 @@
 """The model, losses, optimiser and compiled steps of training.
 
-Inputs follow inference exactly (`jax_refine.model.model_input`): the image in [0, 1] with
+Inputs follow inference exactly (`jax_refine.contract.model_input`): the image in [0, 1] with
 its holes filled as the model's `hole_fill` says, and the mask (1 = hole); the fill is
 mask * output + (1 - mask) * image.
 
@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jax_refine.model import Lama, LamaConfig, eval_mode, model_input, train_mode
+from jax_refine.contract import model_input
+from jax_refine.model import Lama, LamaConfig, eval_mode, train_mode
 
 
 @dataclasses.dataclass(frozen=True)
