@@ -573,10 +573,7 @@ def mismatch_message(source, config, missing, unexpected, misshaped, not_float=(
             + section("mis-shaped keys", misshaped) + section("not floating point (complex, integer, bool)", not_float))
 
 
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file (`hashlib.file_digest`: read in chunks)."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()

@@ -29,8 +29,8 @@ import numpy as np
 from ._sources import open_source
 from ._torch_pickle import MemoryBudget, release_pages
 from . import pix2pixhd
-from .checkpoint import (MAX_BLOCKS, MAX_DOWNSAMPLING, CheckpointError, abstract_generator, check_destination, install,
-                         listing, mismatch_message, sha256, staging, write_into)
+from .checkpoint import (MAX_BLOCKS, MAX_DOWNSAMPLING, CheckpointError, abstract_generator, check_destination,
+                         file_digest, install, listing, mismatch_message, staging, write_into)
 from .checkpoint import show as _show
 from .model import LamaConfig, abstract_model
 from .pix2pixhd import Pix2PixHDConfig
@@ -472,7 +472,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool =
         generator = find_generator(source.tensors, str(src))
         config = infer_config(generator, source.hyper_parameters, str(src))
         flat = to_flax_state(generator, config, str(src), source.budget)
-        identity = {"file": src.name, "sha256": sha256(source.file), "format": source.kind}
+        identity = {"file": src.name, "sha256": file_digest(source.file), "format": source.kind}
         del generator, source
         write_into(tmp, flat, config, identity)
         install(tmp, dst, overwrite)

@@ -255,13 +255,9 @@ def fetch(entry: KnownModel) -> Path:
 
 
 def _matches(path: Path, mirror: Mirror) -> bool:
-    """The file `path` has `mirror`'s size and checksums."""
-    digests = [hashlib.sha256()] + ([hashlib.md5()] if mirror.md5 else [])
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            for digest in digests:
-                digest.update(chunk)
-    return [d.hexdigest() for d in digests] == [mirror.sha256] + ([mirror.md5] if mirror.md5 else [])
+    """The file `path` (of `mirror`'s size) has `mirror`'s checksums."""
+    return (checkpoint_lib.file_digest(path) == mirror.sha256
+            and (mirror.md5 is None or checkpoint_lib.file_digest(path, "md5") == mirror.md5))
 
 
 def _download(mirror: Mirror, target: Path) -> None:
