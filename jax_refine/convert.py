@@ -29,8 +29,8 @@ import numpy as np
 from ._sources import open_source
 from ._torch_pickle import MemoryBudget, release_pages
 from . import pix2pixhd
-from .checkpoint import (MAX_BLOCKS, MAX_DOWNSAMPLING, CheckpointError, abstract_generator, check_destination,
-                         file_digest, install, listing, mismatch_message, staging, write_into)
+from .checkpoint import (ARCHITECTURES, MAX_BLOCKS, MAX_DOWNSAMPLING, CheckpointError, abstract_generator,
+                         check_destination, file_digest, install, listing, mismatch_message, staging, write_into)
 from .checkpoint import show as _show
 from .model import LamaConfig, abstract_model
 from .pix2pixhd import Pix2PixHDConfig
@@ -232,7 +232,7 @@ def infer_config(state_dict: Mapping[str, np.ndarray], hyper_parameters: Mapping
         if problems:
             raise CheckpointError(f"{source}: generator configuration not supported: " + "; ".join(problems))
     try:
-        return (LamaConfig if architecture == "ffc_resnet" else Pix2PixHDConfig)(**inferred)
+        return ARCHITECTURES[architecture].config(**inferred)
     except ValueError as e:
         raise CheckpointError(f"{source}: {e}") from None
 
@@ -411,8 +411,8 @@ def find_generator(tensors: Mapping, source: str) -> Mapping[str, np.ndarray]:
         found = (f"generators under several prefixes ({', '.join(repr(p) for p in prefixes[:10])})" if prefixes
                  else _summary(names))
         raise CheckpointError(f"{source}: no LaMa generator weights found (expected keys like "
-                              f"'generator.{STEM_KEYS['ffc_resnet']}' or 'generator.{STEM_KEYS['pix2pixhd_global']}' "
-                              f"under one prefix); found {found}")
+                              + " or ".join(f"'generator.{key}'" for key in STEM_KEYS.values())
+                              + f" under one prefix); found {found}")
     prefix = prefixes[0]
     return _Tensors(tensors, {k[len(prefix):]: k for k in names
                               if k.startswith(prefix) and k[len(prefix):].startswith("model.")}, source)
